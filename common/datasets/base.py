@@ -93,9 +93,12 @@ class ReidDataset:
 
     def combine_all(self) -> "ReidDataset":
         """Merge query and gallery into train (ids relabelled jointly; distractors 0 and junk excluded),
-        as torchreid's and QAConv's ``--combine-all`` do. Query and gallery stay unchanged for testing."""
+        as torchreid's and QAConv's ``--combine-all`` do. Query and gallery stay unchanged for testing.
+        The excluded ids are ``extra['junk_pids']`` when a benchmark sets it (MSMT17: none, its test ids
+        start at 0), else (-1, 0)."""
         offset = max((r.pid for r in self.train), default=-1) + 1
-        extra = relabel(r for r in self.query + self.gallery if r.pid > 0)
+        junk = set(self.extra.get("junk_pids", (-1, 0)))
+        extra = relabel(r for r in self.query + self.gallery if r.pid not in junk)
         merged = self.train + [r._replace(pid=r.pid + offset) for r in extra]
         return ReidDataset(merged, self.query, self.gallery, self.name + "+all", self.root, self.protocol,
                            **self.extra)
