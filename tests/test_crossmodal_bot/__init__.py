@@ -1,0 +1,1 @@
+"""Tests of the Bag-of-Tricks / cross-modality method folder."""
