@@ -117,7 +117,9 @@ class Run:
 
 
 def run_dir_for(args, method: str) -> str:
-    """``<exp_dir>/<method>/<dataset>/<run_name>``."""
+    """``<exp_dir>/<method>/<dataset>/<run_name>``, or ``args.output_path`` where a method offers that flag."""
+    if getattr(args, "output_path", ""):
+        return args.output_path
     return os.path.join(args.exp_dir, method, args.dataset, args.run_name)
 
 

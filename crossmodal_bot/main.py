@@ -1,0 +1,123 @@
+"""Bag-of-Tricks baseline (Luo et al., CVPR-W 2019) and its RGB-infrared extension: train, test, visualize.
+
+Examples::
+
+    python crossmodal_bot/main.py --mode train --dataset market --data-dir ~/data --pretrained-path resnet50.pth
+    python crossmodal_bot/main.py --mode test --dataset market --testset market,duke
+    python crossmodal_bot/main.py --mode visualize --dataset market --resume_visualize_epoch 120
+    python crossmodal_bot/main.py --dataset synthetic -a resnet18 --no-pretrained --height 128 --width 64
+
+The original re-implementation's flags (``--market_path``, ``--duke_path``, ``--output_path``, ``--train_dataset``,
+``--image_size``, ``--p``, ``--k``, ``--base_learning_rate``, ``--total_train_epochs``, ``--resume_test_epoch``,
+``--resume_visualize_epoch``, ...) are accepted as aliases.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+if __package__ in (None, ""):  # `python crossmodal_bot/main.py`: put the repo root (not the cwd) on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common.cli import base_parser, resolve_common  # noqa: E402
+
+_TRAIN_DATASET_ALIASES = {"market_train": "market", "duke_train": "duke", "market2duke_train": "market",
+                          "duke2market_train": "duke"}
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("crossmodal_bot", parents=[base_parser()],
+                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = parser.add_argument_group("Bag of Tricks")
+    g.add_argument("--mode", choices=["train", "test", "visualize"], default="train")
+    g.add_argument("--train_dataset", dest="dataset", type=lambda s: _TRAIN_DATASET_ALIASES.get(s, s),
+                   help=argparse.SUPPRESS)
+    g.add_argument("--market_path", default="", help="folder of Market-1501-v15.09.15 (original flag)")
+    g.add_argument("--duke_path", default="", help="folder of DukeMTMC-reID (original flag)")
+    g.add_argument("--output_path", default="", help="run folder (original flag); default <exp-dir>/crossmodal_bot/"
+                                                     "<dataset>/<run-name>")
+    g.add_argument("--image_size", type=int, nargs=2, default=None, metavar=("H", "W"), help="alias of --height --width")
+    g.add_argument("--cuda", dest="device", help=argparse.SUPPRESS)
+    g.add_argument("--k", "--num-instances", "--num_instances", dest="num_instances", type=int, default=4,
+                   help="images per identity in a P x K batch")
+    g.add_argument("--p", "--num-ids-per-batch", dest="p", type=int, default=None,
+                   help="identities per batch (sets --batch-size to P*K)")
+    g.add_argument("--base_learning_rate", dest="lr", type=float, help=argparse.SUPPRESS)
+    g.add_argument("--total_train_epochs", dest="epochs", type=int, help=argparse.SUPPRESS)
+    g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=5e-4)
+    g.add_argument("--milestones", type=int, nargs="+", default=[40, 70])
+    g.add_argument("--gamma", type=float, default=0.1)
+    g.add_argument("--warmup-epochs", "--warmup_iters", dest="warmup_epochs", type=int, default=10)
+    g.add_argument("--warmup-factor", "--warmup_factor", dest="warmup_factor", type=float, default=0.01)
+    g.add_argument("--margin", type=float, default=0.3, help="triplet margin (<= 0: soft margin)")
+    g.add_argument("--label-smooth", "--label_smooth", dest="label_smooth", type=float, default=0.1)
+    g.add_argument("--center-loss-weight", dest="center_loss_weight", type=float, default=0.0,
+                   help="center loss weight (official code: 5e-4; off as in the re-implementation)")
+    g.add_argument("--center-lr", dest="center_lr", type=float, default=0.5)
+    g.add_argument("--last-stride", "--last_stride", dest="last_stride", type=int, default=1)
+    g.add_argument("--neck", choices=["bnneck", "no"], default="bnneck")
+    g.add_argument("--neck-feat", "--neck_feat", dest="neck_feat", choices=["after", "before"], default="after")
+    g.add_argument("--random-erase", dest="random_erase", type=float, default=0.5, help="random erasing probability")
+    g.add_argument("--pad", type=int, default=10)
+    g.add_argument("--flip-test", dest="flip_test", action="store_true", help="average with flipped images at test")
+    g.add_argument("--test-metric", dest="test_metric", choices=["euclidean", "cosine"], default="euclidean")
+    g.add_argument("--eval-period", dest="eval_period", type=int, default=40, help="evaluate every N epochs")
+    g.add_argument("--max_save_model_num", "--keep-checkpoints", dest="keep_checkpoints", type=int, default=1,
+                   help="per-epoch checkpoints kept (0 = all)")
+    g.add_argument("--resume_train_epoch", dest="resume_train_epoch", type=int, default=-1,
+                   help="resume training from the checkpoint of this epoch (-1: --resume / latest)")
+    g.add_argument("--auto_resume_training_from_lastest_steps", "--auto-resume", dest="auto_resume",
+                   action=argparse.BooleanOptionalAction, default=True,
+                   help="resume from the run folder's latest checkpoint when one exists")
+    g.add_argument("--resume_test_epoch", dest="resume_test_epoch", type=int, default=-1,
+                   help="checkpoint epoch to test (-1: latest)")
+    g.add_argument("--resume_visualize_epoch", dest="resume_visualize_epoch", type=int, default=-1,
+                   help="checkpoint epoch to visualize (-1: latest)")
+    g.add_argument("--visualize-queries", dest="visualize_queries", type=int, default=0,
+                   help="number of queries to visualize (0: all)")
+    g.add_argument("--visualize-topk", dest="visualize_topk", type=int, default=10)
+    g.add_argument("--compare-histogram", dest="compare_histogram", action="store_true",
+                   help="also evaluate the colour-histogram reference and the untrained model")
+    g = parser.add_argument_group("SYSU-MM01 protocol")
+    g.add_argument("--sysu-mode", dest="sysu_mode", choices=["all", "indoor"], default="all")
+    g.add_argument("--sysu-shots", dest="sysu_shots", type=int, choices=[1, 10], default=1)
+    g.add_argument("--sysu-trials", dest="sysu_trials", type=int, default=10)
+    parser.set_defaults(arch="resnet50", height=256, width=128, batch_size=64, lr=3.5e-4, epochs=120)
+    return parser
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Apply the original flags' aliases and derived defaults."""
+    from common.datasets import canonical_name
+    args.dataset = canonical_name(args.dataset)
+    if args.image_size:
+        args.height, args.width = args.image_size
+    if args.p:
+        args.batch_size = args.p * args.num_instances
+    if args.batch_size % args.num_instances:
+        raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of --k {args.num_instances}")
+    if not args.testset:
+        args.testset = "market,duke" if args.dataset in ("market", "duke") else args.dataset
+    resolve_common(args)
+    args.testset = [canonical_name(t) for t in args.testset]
+    return args
+
+
+def main(argv=None) -> dict:
+    """Parse ``argv`` and run the chosen mode. Returns the evaluation results (train/test) or the grid paths."""
+    args = resolve_args(get_parser().parse_args(argv))
+    from crossmodal_bot import modes as engine
+    run = engine.setup(args)
+    try:
+        if args.mode == "train":
+            return engine.train(args, run)
+        if args.mode == "test":
+            return engine.test(args, run)
+        return engine.visualize(args, run)
+    finally:
+        run.close()
+
+
+if __name__ == "__main__":
+    main()
