@@ -17,7 +17,7 @@ from common.checkpoint import load_checkpoint
 from common.datasets import build_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SYNTH_IDS = 80
+SYNTH_IDS = 120
 _TMP = tempfile.TemporaryDirectory(prefix="bot-test-")
 DATA = os.path.join(_TMP.name, "data")
 
@@ -119,8 +119,8 @@ class TestLearning(unittest.TestCase):
     def test_few_hundred_iterations_beat_untrained_and_histogram(self):
         from crossmodal_bot.main import main
         with tempfile.TemporaryDirectory() as exp:
-            results = main(base_args(exp, "--epochs", "10", "-b", "32", "--k", "4", "--warmup-epochs", "2",
-                                     "--milestones", "7", "--eval-period", "0", "--compare-histogram"))
+            results = main(base_args(exp, "--epochs", "16", "-b", "32", "--k", "4", "--warmup-epochs", "2",
+                                     "--milestones", "12", "--eval-period", "0", "--compare-histogram"))
             allres = json.load(open(os.path.join(run_dir(exp), "results.json")))
             trained, untrained = results["synthetic"]["mAP"], allres["untrained/synthetic"]["mAP"]
             hist = allres["histogram/synthetic"]["mAP"]
