@@ -1,0 +1,1 @@
+"""Tests of the QAConv / QAConv-GS method folder."""
