@@ -1,0 +1,382 @@
+"""Train / evaluate flow shared by ``qaconv/main.py`` (QAConv 1.x, class memory) and ``qaconv/main_gs.py``
+(QAConv 2.x, graph sampling). Every object is built here, in view; the paper's pieces live in ``model.py``,
+``loss.py``, ``graph_sampler.py``, ``trainer.py``, ``evaluate.py``.
+
+Run folder ``<exp-dir>/qaconv/<dataset>/<run-name>/``: ``args.json``, ``log.txt``, ``metrics.jsonl``,
+``results.json``, ``checkpoint.pth`` (atomic; keys ``model``, ``criterion``, ``optim``, ``epoch`` as the
+original's ``checkpoint.pth.tar``, plus schedule / sampler / augmentation state for an exact resume), ``tb/``,
+optional ``<testset>_score.mat``, ``gs<epoch>.npz`` and ``matches/``.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import random
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.data.dataset import ImageDataset
+from common.data.loaders import EpochDataLoader, EpochWorkerSeeder, build_train_loader
+from common.data.samplers import mix_seed
+from common.datasets import build_dataset
+from common.datasets.base import records_arrays
+from common.eval.distance import compute_distmat
+from common.eval.histogram import histogram_features_of_records
+from common.eval.rank import IS_CYTHON_AVAILABLE, evaluate_rank
+from common.eval.report import results_table
+from common.run import Run, setup_run
+from qaconv import transforms as QT
+from qaconv.config import CLASS_MEMORY_VERSIONS
+from qaconv.evaluate import evaluate_model, extract_feature_maps, pairwise_scores, score_to_distance
+from qaconv.graph_sampler import GraphSampler
+from qaconv.loss import ClassMemoryLoss, PairwiseMatchingLoss, TripletLoss
+from qaconv.model import (QAConv, ResMap, load_original_checkpoint, matcher_state_from_criterion,
+                          optimizer_param_groups)
+from qaconv.trainer import AdaptiveSchedule, StepSchedule, pretrain_trials, train_one_epoch
+
+METHOD = "qaconv"
+
+
+# ----------------------------------------------------------------------------------------------- building
+def load_dataset(args, key: str, verbose: bool = True):
+    kwargs = {"num_ids": args.synthetic_ids} if key == "synthetic" and args.synthetic_ids else {}
+    return build_dataset(key, args.data_dir, combine_all=args.combine_all and key == args.dataset, verbose=verbose,
+                         **kwargs)
+
+
+def is_class_memory(args) -> bool:
+    return args.version in CLASS_MEMORY_VERSIONS
+
+
+def build_model(args, pretrained: Optional[bool] = None) -> ResMap:
+    """ResMap with the neck of the version: conv + BN up to 2.0, conv with bias from 2.1 on."""
+    new_neck = args.version == "2.1"
+    return ResMap(args.arch, final_layer=args.final_layer, neck=args.neck, ibn=args.ibn, neck_bias=new_neck,
+                  neck_bn=not new_neck, pretrained=args.pretrained if pretrained is None else pretrained,
+                  pretrained_path=args.pretrained_path)
+
+
+def build_matcher(args, model: ResMap) -> QAConv:
+    h, w = model.feature_size(args.height, args.width)
+    return QAConv(model.num_features, h, w, version="2.1" if args.version == "2.1" else "1")
+
+
+def build_criterion(args, matcher: QAConv, num_classes: int) -> torch.nn.Module:
+    if args.loss == "class_memory":
+        return ClassMemoryLoss(matcher, num_classes, matcher.num_features, matcher.height, matcher.width,
+                               args.mem_batch_size)
+    if args.loss == "pairwise":
+        return PairwiseMatchingLoss(matcher)
+    return TripletLoss(matcher, args.margin)
+
+
+def build_optimizer(args, model: ResMap, criterion: torch.nn.Module) -> torch.optim.SGD:
+    """SGD, momentum 0.9, Nesterov, weight decay 5e-4; backbone at 0.1 lr, neck and matcher at lr."""
+    return torch.optim.SGD(optimizer_param_groups(model, criterion, args.lr), lr=args.lr, momentum=0.9,
+                           weight_decay=5e-4, nesterov=True)
+
+
+def build_schedule(args):
+    if args.version == "2.1":
+        return AdaptiveSchedule(args.step_factor, args.epochs)
+    return StepSchedule(args.step_size, args.epochs)
+
+
+def test_distance_mode(args) -> str:
+    """HEAD (2.1) ranks by -score, earlier releases by 1 - sigmoid(score / 10). Both rank alike; re-ranking and
+    TLift get the sigmoid form (positive distances, the scale TLift's alpha was tuned on), see the README."""
+    if args.distance:
+        return args.distance
+    if args.do_rerank or args.do_tlift:
+        return "sigmoid"
+    return "neg" if args.version == "2.1" else "sigmoid"
+
+
+def half_dtype(device: torch.device, amp: bool) -> Optional[torch.dtype]:
+    return torch.float16 if amp and device.type == "cuda" else None
+
+
+def class_distance_fn(args, model: ResMap, matcher: QAConv, records, device: torch.device):
+    """``fn(indices) -> (n, n)`` class distance for the graph sampler: test-transform maps of those images,
+    QAConv scores with both modules in eval mode (fp16 on CUDA with AMP), distance as at test time."""
+    def distance(indices: List[int]) -> np.ndarray:
+        chosen = [records[i] for i in indices]
+        maps = extract_feature_maps(model, chosen, args.height, args.width, device, args.test_fea_batch,
+                                    args.workers, amp=args.amp, progress=False, desc="graph")
+        score = pairwise_scores(matcher, maps.feats, maps.feats, args.test_prob_batch, args.test_gal_batch,
+                                device=device, dtype=half_dtype(device, args.amp))
+        return score_to_distance(score, "neg" if args.version == "2.1" else "sigmoid").numpy()
+    return distance
+
+
+def build_loader(args, records, regime: str, sampler=None) -> EpochDataLoader:
+    """Training loader: a seeded shuffle with ``drop_last`` (1.x) or the graph sampler (2.x)."""
+    transform = QT.build_train_transform(args.height, args.width, regime, args.min_size, args.max_size)
+    if sampler is None:
+        return build_train_loader(records, args.height, args.width, args.batch_size, num_instances=0,
+                                  workers=args.workers, seed=args.seed, transform=transform)
+    return EpochDataLoader(ImageDataset(records, transform), batch_size=args.batch_size, sampler=sampler,
+                           num_workers=args.workers, drop_last=False, pin_memory=torch.cuda.is_available(),
+                           worker_init_fn=EpochWorkerSeeder(args.seed) if args.workers > 0 else None,
+                           generator=torch.Generator(), seed=args.seed)
+
+
+def seed_epoch(seed: int, epoch: int) -> None:
+    """Seed random / NumPy / torch from (seed, epoch) so a resumed run replays the epoch's augmentation."""
+    s = mix_seed(seed, epoch, 7)
+    random.seed(s)
+    np.random.seed(s % (2 ** 32))
+    torch.manual_seed(s)
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def resume_path(args, run: Run) -> Optional[str]:
+    if args.resume and args.resume != "auto":
+        return args.resume
+    if (args.resume == "auto" or args.auto_resume or args.evaluate) and os.path.isfile(run.checkpoint_path):
+        return run.checkpoint_path
+    if args.resume == "auto":
+        raise FileNotFoundError(f"--resume auto: no checkpoint at {run.checkpoint_path}. Fix: train first with the "
+                                f"same --dataset/--run-name (or --sub_method), or pass --resume PATH.")
+    return None
+
+
+def read_checkpoint(path: str, device) -> Tuple[Dict, Dict, Dict]:
+    """(model state, criterion state, rest) of our ``checkpoint.pth`` or of the original's ``checkpoint.pth.tar``."""
+    if path.endswith(".pth.tar"):
+        return load_original_checkpoint(path)
+    state = load_checkpoint(path, map_location=device)
+    rest = {k: v for k, v in state.items() if k not in ("model", "criterion")}
+    return state["model"], state["criterion"], rest
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def evaluate_sets(args, run: Run, model: ResMap, matcher: QAConv, label: str, datasets: Dict) -> Dict[str, Dict]:
+    out = {}
+    for key in args.testset:
+        if key not in datasets:
+            datasets[key] = load_dataset(args, key)
+        ds = datasets[key]
+        res, dists = evaluate_model(
+            model, matcher, ds, args.height, args.width, run.device, fea_batch=args.test_fea_batch,
+            workers=args.workers, amp=args.amp, progress=args.progress, prob_batch=args.test_prob_batch,
+            gal_batch=args.test_gal_batch, dtype=half_dtype(run.device, args.amp), distance=test_distance_mode(args),
+            do_rerank=args.do_rerank, do_tlift=args.do_tlift, tau=args.tau, sigma=args.sigma, K=args.tlift_k,
+            alpha=args.alpha, use_cython=not args.no_cython, use_metric_cuhk03=ds.protocol == "cuhk03")
+        out[key] = res
+        run.write_results(f"{label}/{key}", res)
+        if args.save_score:
+            save_scores(run, key, ds, dists)
+    return out
+
+
+def save_scores(run: Run, key: str, ds, dists: Dict[str, np.ndarray]) -> str:
+    """``<run>/<key>_score.mat`` as the original's ``--save_score`` (score = 1 - distance)."""
+    import scipy.io as sio
+    from qaconv.evaluate import record_times
+    q_pids, q_cams, _ = records_arrays(ds.query)
+    g_pids, g_cams, _ = records_arrays(ds.gallery)
+    q_t, g_t = record_times(ds, ds.query), record_times(ds, ds.gallery)
+    data = {"score": 1.0 - dists["dist"], "prob_ids": q_pids, "gal_ids": g_pids, "prob_cams": q_cams,
+            "gal_cams": g_cams, "prob_list": np.array([r.img_path for r in ds.query], dtype=object),
+            "gal_list": np.array([r.img_path for r in ds.gallery], dtype=object),
+            "prob_time": q_t if q_t is not None else np.zeros(0), "gal_time": g_t if g_t is not None else np.zeros(0)}
+    for name in ("rerank", "tlift"):
+        data[f"score_{name}"] = 1.0 - dists[f"dist_{name}"] if f"dist_{name}" in dists else np.ones(1)
+    path = os.path.join(run.dir, f"{key}_score.mat")
+    sio.savemat(path + ".tmp.mat", data, oned_as="column", do_compression=True)
+    os.replace(path + ".tmp.mat", path)
+    return path
+
+
+def histogram_reference(ds, use_cython: bool) -> Dict[str, float]:
+    """A global HSV colour histogram compared by Euclidean distance, scored by the shared evaluator."""
+    qf = torch.from_numpy(histogram_features_of_records(ds.query))
+    gf = torch.from_numpy(histogram_features_of_records(ds.gallery))
+    q_pids, q_cams, _ = records_arrays(ds.query)
+    g_pids, g_cams, _ = records_arrays(ds.gallery)
+    res = evaluate_rank(compute_distmat(qf, gf), q_pids, g_pids, q_cams, g_cams, use_cython=use_cython,
+                        use_metric_cuhk03=ds.protocol == "cuhk03")
+    return {k: float(res[k]) for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")}
+
+
+def result_rows(label: str, results: Dict[str, Dict]) -> List[Tuple[str, Dict]]:
+    """Table rows: plain, and re-ranked / TLift variants where computed."""
+    rows = []
+    for key, res in results.items():
+        rows.append((f"{label} / {key}", res))
+        for suffix, name in (("_rerank", "+ re-ranking"), ("_tlift", "+ re-ranking + TLift")):
+            if f"mAP{suffix}" in res:
+                rows.append((f"{label} {name} / {key}",
+                             {k[:-len(suffix)]: v for k, v in res.items() if k.endswith(suffix)}))
+    return rows
+
+
+def visualize_matches(args, run: Run, model: ResMap, matcher: QAConv, datasets: Dict) -> List[str]:
+    """Correspondence pictures of the first ``--visualize-pairs`` queries with their best gallery match."""
+    from qaconv.visualize import visualize_pairs
+    written = []
+    for key in args.testset:
+        ds = datasets[key]
+        n = min(args.visualize_pairs, len(ds.query))
+        q = extract_feature_maps(model, ds.query[:n], args.height, args.width, run.device, args.test_fea_batch,
+                                 args.workers, amp=args.amp, progress=False)
+        g = extract_feature_maps(model, ds.gallery, args.height, args.width, run.device, args.test_fea_batch,
+                                 args.workers, amp=args.amp, progress=False)
+        best = pairwise_scores(matcher, q.feats, g.feats, args.test_prob_batch, args.test_gal_batch,
+                               device=run.device).argmax(1).tolist()
+        pairs = [(ds.query[i], ds.gallery[j]) for i, j in enumerate(best)]
+        written += visualize_pairs(model, matcher, pairs, args.height, args.width,
+                                   os.path.join(run.dir, "matches", key), device=run.device)
+    run.log(f"wrote {len(written)} correspondence pictures under {os.path.join(run.dir, 'matches')}")
+    return written
+
+
+# ----------------------------------------------------------------------------------------------- flows
+def setup(args) -> Run:
+    backend = "cython" if IS_CYTHON_AVAILABLE and not args.no_cython else "numpy"
+    return setup_run(args, METHOD, extra_info={"evaluator_backend": backend})
+
+
+def reset_for_trial(model: ResMap, criterion: torch.nn.Module, base_state: Dict) -> None:
+    """Start of a pre-training trial: ImageNet backbone back, fresh neck, matcher and class memory."""
+    model.base.load_state_dict(base_state)
+    for name, module in model.named_children():
+        if name != "base":
+            for m in module.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+    criterion.matcher.reset_parameters()
+    criterion.matcher.reset_running_stats()
+    if hasattr(criterion, "reset"):
+        criterion.reset()
+
+
+def train(args, run: Run) -> Dict[str, Dict]:
+    device = run.device
+    train_set = load_dataset(args, args.dataset)
+    datasets = {args.dataset: train_set} if not args.combine_all else {}
+    model = build_model(args).to(device)
+    matcher = build_matcher(args, model).to(device)
+    criterion = build_criterion(args, matcher, train_set.num_train_pids).to(device)
+    optimizer = build_optimizer(args, model, criterion)
+    schedule = build_schedule(args)
+    sampler = None
+    if not is_class_memory(args):
+        sampler = GraphSampler(train_set.train, class_distance_fn(args, model, matcher, train_set.train, device),
+                               args.batch_size, args.num_instance, seed=args.seed, verbose=args.gs_verbose,
+                               log=run.log, rerank=args.gs_rerank, pre_epochs=args.gs_pre_epochs)
+    aug_switched, start_epoch, rows = False, 0, []
+    epoch_kwargs = dict(freeze_bn=args.freeze_bn, amp=args.amp, clip_value=args.clip_value)
+
+    ckpt = resume_path(args, run)
+    if ckpt:
+        model_state, crit_state, rest = read_checkpoint(ckpt, device)
+        model.load_state_dict(model_state)
+        criterion.load_state_dict(crit_state)
+        optimizer.load_state_dict(rest["optim"])
+        start_epoch = int(rest["epoch"])
+        if "schedule" in rest:
+            schedule.load_state_dict(rest["schedule"])
+        if sampler is not None and "sampler" in rest:
+            sampler.load_state_dict(rest["sampler"])
+        aug_switched = bool(rest.get("aug_switched", False))
+        run.log(f"resumed from {ckpt} (epoch {start_epoch})")
+    else:
+        if args.compare_histogram:
+            for key, res in evaluate_sets(args, run, model, matcher, "untrained", datasets).items():
+                rows.append((f"untrained {args.arch} / {key}", res))
+            for key in args.testset:
+                res = histogram_reference(datasets[key], not args.no_cython)
+                run.write_results(f"histogram/{key}", res)
+                rows.append((f"colour histogram / {key}", res))
+        if is_class_memory(args) and args.pre_epochs > 0:
+            seed_epoch(args.seed, -1)
+            base_state = copy.deepcopy(model.base.state_dict())
+            loader = build_loader(args, train_set.train, QT.regime_for(args.version, False))
+            best = pretrain_trials(model, criterion, optimizer, loader, device,
+                                   lambda: reset_for_trial(model, criterion, base_state), args.num_trials,
+                                   args.pre_epochs, args.max_steps, log=run.log, progress=args.progress,
+                                   **epoch_kwargs)
+            run.write_results("pretrain", best)
+
+    loader = build_loader(args, train_set.train, QT.regime_for(args.version, aug_switched), sampler)
+    run.log(f"augmentation: {QT.describe(loader.dataset.transform)}")
+    stats, epoch = {}, start_epoch
+    stop = start_epoch >= schedule.final_epochs
+    for epoch in range(start_epoch, args.epochs if not stop else start_epoch):
+        seed_epoch(args.seed, epoch)
+        loader.set_epoch(epoch)
+        stats = train_one_epoch(model, criterion, optimizer, loader, device, epoch, max_batches=args.max_batches,
+                                progress=args.progress, print_freq=args.print_freq, log=run.log,
+                                on_step=lambda step, s: run.log_metrics(step, prefix="iter", **s), **epoch_kwargs)
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        stop = schedule.step(epoch + 1, stats["loss"], optimizer)
+        run.log(f"epoch {epoch + 1}: loss {stats['loss']:.4g} acc {stats['acc']:.2%} lr "
+                f"[{', '.join(f'{x:g}' for x in lrs)}] {stats['images_per_s']:.1f} img/s"
+                + (f" ({stats['skipped']} batches without a finite loss)" if stats["skipped"] else ""))
+        run.log_metrics(epoch + 1, prefix="train", **stats)
+        if sampler is not None and args.gs_save and sampler.dist is not None:
+            sampler.save_graph(os.path.join(run.dir, f"gs{epoch + 1}.npz"))
+        if is_class_memory(args) and not aug_switched and epoch < args.epochs - 1 and stats["acc"] > args.acc_thr:
+            aug_switched = True
+            if QT.regime_for(args.version, True) != QT.regime_for(args.version, False):
+                loader = build_loader(args, train_set.train, QT.regime_for(args.version, True))
+                run.log(f"acc {stats['acc']:.2%} > {args.acc_thr:.0%}: augmentation now "
+                        f"{QT.describe(loader.dataset.transform)}")
+        state = {"model": model.state_dict(), "criterion": criterion.state_dict(), "optim": optimizer.state_dict(),
+                 "epoch": epoch + 1, "schedule": schedule.state_dict(), "aug_switched": aug_switched,
+                 "version": args.version, "num_classes": train_set.num_train_pids}
+        if isinstance(schedule, AdaptiveSchedule):  # the original's own keys, for its --resume
+            state.update(final_epochs=schedule.final_epochs, base_loss=schedule.base_loss,
+                         lr_stepped=schedule.lr_stepped)
+        if sampler is not None:
+            state["sampler"] = sampler.state_dict()
+        save_checkpoint(run.checkpoint_path, state, args=vars(args))
+        if stop:
+            run.log(f"the learning converges at epoch {epoch + 1}")
+            break
+    if stats:
+        run.write_results("train", {"loss": stats["loss"], "acc": stats["acc"], "epochs": epoch + 1})
+
+    results = evaluate_sets(args, run, model, matcher, "final", datasets)
+    for key, res in results.items():
+        run.write_results(key, res)
+    rows += result_rows(f"trained {args.arch}", results)
+    run.log("\n" + results_table(rows, title=f"{args.dataset} -> {','.join(args.testset)}  (percent; shared "
+                                               f"evaluator; open-reid figures in results.json)"))
+    if args.visualize_pairs:
+        visualize_matches(args, run, model, matcher, datasets)
+    return results
+
+
+def evaluate_only(args, run: Run) -> Dict[str, Dict]:
+    """``--evaluate``: load ``--resume PATH`` (ours or the original's ``checkpoint.pth.tar``) or the run's own."""
+    ckpt = resume_path(args, run)
+    if ckpt is None:
+        raise FileNotFoundError(f"--evaluate: no checkpoint at {run.checkpoint_path}. Fix: train first with the same "
+                                f"--dataset/--run-name, or pass --resume PATH (ours or the original's "
+                                f"checkpoint.pth.tar).")
+    model_state, crit_state, rest = read_checkpoint(ckpt, run.device)
+    model = build_model(args, pretrained=False).to(run.device)
+    model.load_state_dict(model_state)
+    matcher = build_matcher(args, model).to(run.device)
+    matcher.load_state_dict(matcher_state_from_criterion(crit_state))
+    run.log(f"loaded {ckpt} (epoch {rest.get('epoch')})")
+    datasets: Dict = {}
+    results = evaluate_sets(args, run, model, matcher, f"evaluate_epoch{rest.get('epoch')}", datasets)
+    run.log("\n" + results_table(result_rows(f"{args.dataset}", results), title="evaluation (percent)"))
+    if args.visualize_pairs:
+        visualize_matches(args, run, model, matcher, datasets)
+    return results
+
+
+def run_main(args) -> Dict[str, Dict]:
+    run = setup(args)
+    try:
+        return evaluate_only(args, run) if args.evaluate else train(args, run)
+    finally:
+        run.close()
