@@ -11,68 +11,14 @@ Reference:
 """
 from __future__ import annotations
 
-import os
-from typing import Dict, List
-
 import torch
 from torch import nn
 import torchvision
 
-# Official torchvision ImageNet file names (IMAGENET1K_V1, the weights the originals load), then the pre-0.13
-# names of the same V1 weights (reid-strong-baseline downloads resnet50-19c8e357.pth).
-IMAGENET_FILES: Dict[str, List[str]] = {
-    "resnet18": ["resnet18-f37072fd.pth", "resnet18-5c106cde.pth"],
-    "resnet34": ["resnet34-b627a593.pth", "resnet34-333f7ec4.pth"],
-    "resnet50": ["resnet50-0676ba61.pth", "resnet50-19c8e357.pth"],
-    "resnet101": ["resnet101-63fe2227.pth", "resnet101-5d3b4d8f.pth"],
-}
+from common.weights import PretrainedWeightsNotFound, find_weights, load_backbone_weights  # noqa: F401 (raised)
 
-
-class PretrainedWeightsNotFound(FileNotFoundError):
-    """ImageNet weights were asked for but no file was found; the message names the file and the fixes."""
-
-
-def torchvision_cache_dir() -> str:
-    """``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch/hub/checkpoints``), where torchvision keeps weights."""
-    return os.path.join(torch.hub.get_dir(), "checkpoints")
-
-
-def find_imagenet_weights(arch: str, pretrained_path: str = "") -> str:
-    """Locate the ImageNet weights of ``arch``.
-
-    Args:
-        arch: ``resnet18`` / ``resnet34`` / ``resnet50`` / ``resnet101``.
-        pretrained_path: explicit file; used as is when given.
-    Returns:
-        path of an existing file.
-    Raises:
-        PretrainedWeightsNotFound: with the expected file name(s), the cache folder and the fixes.
-    """
-    if pretrained_path:
-        if os.path.isfile(pretrained_path):
-            return pretrained_path
-        raise PretrainedWeightsNotFound(
-            f"--pretrained-path {pretrained_path} does not exist. Fix: point it at the torchvision ImageNet file of "
-            f"{arch} ({IMAGENET_FILES[arch][0]}), or train from scratch with --no-pretrained.")
-    cache = torchvision_cache_dir()
-    for name in IMAGENET_FILES[arch]:
-        path = os.path.join(cache, name)
-        if os.path.isfile(path):
-            return path
-    names = " or ".join(IMAGENET_FILES[arch])
-    raise PretrainedWeightsNotFound(
-        f"ImageNet weights for {arch} not found: expected {names} in torchvision's cache folder {cache} "
-        f"(set by $TORCH_HOME). This machine cannot download them. Fix: copy "
-        f"https://download.pytorch.org/models/{IMAGENET_FILES[arch][0]} into that folder, or pass "
-        f"--pretrained-path FILE, or train from random initialisation with --no-pretrained.")
-
-
-def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+# Architectures build_backbone accepts; their weight file names are in common.weights.IMAGENET_FILES.
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
 class ResNetBackbone(nn.Module):
@@ -121,21 +67,12 @@ def build_backbone(arch: str = "resnet50", last_stride: int = 1, pretrained: boo
     Raises:
         PretrainedWeightsNotFound: ``pretrained`` and no file found (names the file, the folder and the fixes).
     """
-    if arch not in IMAGENET_FILES:
-        raise ValueError(f"unknown arch '{arch}'; choose one of {sorted(IMAGENET_FILES)}")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch '{arch}'; choose one of {sorted(ARCHS)}")
     net = getattr(torchvision.models, arch)(weights=None)
     info = None
     if pretrained or pretrained_path:
-        path = find_imagenet_weights(arch, pretrained_path)
-        state = {k: v for k, v in _read_state_dict(path).items() if not k.startswith("fc.")}
-        try:
-            result = net.load_state_dict(state, strict=False)
-        except RuntimeError as e:
-            raise RuntimeError(f"{path} does not fit {arch}: {e}") from e
-        missing = [k for k in result.missing_keys if not k.startswith("fc.")]
-        info = {"path": path, "missing": missing, "unexpected": list(result.unexpected_keys)}
-        print(f"=> {arch}: loaded ImageNet weights from {path} "
-              f"(missing keys: {missing or 'none'}; unexpected keys: {info['unexpected'] or 'none'})")
+        info = load_backbone_weights(net, find_weights(arch, pretrained_path), arch, strict=False, drop_fc=True)
     set_last_stride(net, last_stride)
     backbone = ResNetBackbone(net)
     backbone.pretrained_info = info

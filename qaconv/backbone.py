@@ -12,8 +12,7 @@ Reference:
 """
 from __future__ import annotations
 
-import os
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -21,58 +20,12 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-# torchvision IMAGENET1K_V1 files (what ``pretrained=True`` loaded in the original), then their pre-0.13 names.
-IMAGENET_FILES: Dict[str, List[str]] = {
-    "resnet18": ["resnet18-f37072fd.pth", "resnet18-5c106cde.pth"],
-    "resnet34": ["resnet34-b627a593.pth", "resnet34-333f7ec4.pth"],
-    "resnet50": ["resnet50-0676ba61.pth", "resnet50-19c8e357.pth"],
-    "resnet101": ["resnet101-63fe2227.pth", "resnet101-5d3b4d8f.pth"],
-    "resnet152": ["resnet152-394f9c45.pth", "resnet152-b121ed2d.pth"],
-}
-IMAGENET_URL = "https://download.pytorch.org/models/"
-# The IBN-Net v1.0 release files (what torch.hub.load('XingangPan/IBN-Net', ...) downloads).
-IBN_FILES: Dict[str, str] = {
-    "resnet18_ibn_a": "resnet18_ibn_a-2f571257.pth", "resnet34_ibn_a": "resnet34_ibn_a-94bc1577.pth",
-    "resnet50_ibn_a": "resnet50_ibn_a-d9d0bb7b.pth", "resnet101_ibn_a": "resnet101_ibn_a-59ea0ac6.pth",
-    "resnet18_ibn_b": "resnet18_ibn_b-bc2f3c11.pth", "resnet34_ibn_b": "resnet34_ibn_b-04134c37.pth",
-    "resnet50_ibn_b": "resnet50_ibn_b-9ca61e85.pth", "resnet101_ibn_b": "resnet101_ibn_b-c55f6dba.pth",
-}
-IBN_URL = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/"
+from common.weights import find_weights, load_backbone_weights
+
 _LAYOUT = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]), 50: (Bottleneck, [3, 4, 6, 3]),
            101: (Bottleneck, [3, 4, 23, 3]), 152: (Bottleneck, [3, 8, 36, 3])}
 STRIDES = {"layer2": 8, "layer3": 16, "layer4": 32}
 _CHANNELS = {"layer2": 128, "layer3": 256, "layer4": 512}  # x4 for Bottleneck depths (>= 50)
-
-
-class PretrainedWeightsNotFound(FileNotFoundError):
-    """ImageNet weights were asked for but no file was found; the message names the file and the fixes."""
-
-
-def find_weights(name: str, files: List[str], url: str, pretrained_path: str = "") -> str:
-    """Return ``pretrained_path`` if given, else the first of ``files`` in torchvision's cache folder.
-
-    Args:
-        name: network name for the message (``resnet50``, ``resnet50_ibn_b``).
-        files: accepted file names, preferred first.
-        url: download folder of ``files[0]`` (for the message).
-        pretrained_path: explicit file.
-    Raises:
-        PretrainedWeightsNotFound: naming the expected file, the cache folder and both fixes.
-    """
-    if pretrained_path:
-        if os.path.isfile(pretrained_path):
-            return pretrained_path
-        raise PretrainedWeightsNotFound(
-            f"pretrained path {pretrained_path} does not exist. Fix: point --pretrained-path at the ImageNet file of "
-            f"{name} ({files[0]}), or train from random initialisation (--no-pretrained / pretrained=False).")
-    cache = os.path.join(torch.hub.get_dir(), "checkpoints")
-    for f in files:
-        if os.path.isfile(os.path.join(cache, f)):
-            return os.path.join(cache, f)
-    raise PretrainedWeightsNotFound(
-        f"ImageNet weights for {name} not found: expected {' or '.join(files)} in torch's cache folder {cache} "
-        f"(set by $TORCH_HOME). This machine cannot download them. Fix: copy {url}{files[0]} into that folder, "
-        f"or pass --pretrained-path FILE, or use random initialisation (--no-pretrained / pretrained=False).")
 
 
 class IBN(nn.Module):
@@ -158,28 +111,6 @@ def build_resnet(depth: int, ibn: Optional[str] = None) -> ResNet:
     return net
 
 
-def load_backbone_weights(net: nn.Module, path: str, name: str) -> Dict[str, List[str]]:
-    """Load an ImageNet state dict (optionally under ``'state_dict'``, ``module.``-prefixed) into ``net``.
-
-    ``fc.*`` and ``num_batches_tracked`` may be missing; any other missing or unexpected key is an error, so a
-    file of the wrong variant is never loaded half-way. Returns ``{'missing', 'unexpected'}``.
-    """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    state = {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
-    try:
-        result = net.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        raise RuntimeError(f"{path} does not fit {name}: {e}") from e
-    missing = [k for k in result.missing_keys if not (k.startswith("fc.") or k.endswith("num_batches_tracked"))]
-    if missing or result.unexpected_keys:
-        raise RuntimeError(f"{path} does not fit {name}: missing keys {missing}, unexpected keys "
-                           f"{list(result.unexpected_keys)}. Fix: pass the file of {name} itself.")
-    print(f"=> {name}: loaded ImageNet weights from {path}")
-    return {"missing": list(result.missing_keys), "unexpected": []}
-
-
 def _parse_depth(depth_or_arch: Union[int, str]) -> int:
     s = str(depth_or_arch).lower()
     s = s[len("resnet"):] if s.startswith("resnet") else s
@@ -220,8 +151,7 @@ class ResMap(nn.Module):
         self.base = build_resnet(self.depth, self.ibn)
         if pretrained or pretrained_path:
             name = f"resnet{self.depth}" + (f"_ibn_{self.ibn}" if self.ibn else "")
-            files, url = ([IBN_FILES[name]], IBN_URL) if self.ibn else (IMAGENET_FILES[name], IMAGENET_URL)
-            load_backbone_weights(self.base, find_weights(name, files, url, pretrained_path), name)
+            load_backbone_weights(self.base, find_weights(name, pretrained_path), name)
         out_planes = _CHANNELS[final_layer] * (4 if self.depth >= 50 else 1)
         self.neck_conv: Optional[nn.Conv2d] = None
         self.neck_bn: Optional[nn.BatchNorm2d] = None

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from qaconv.backbone import (IBN, IBN_FILES, IMAGENET_FILES, STRIDES, IBNBasicBlock, IBNBottleneck,  # noqa: F401
-                             PretrainedWeightsNotFound, ResMap, build_resnet, find_weights)
+from common.weights import IBN_FILES, IMAGENET_FILES, PretrainedWeightsNotFound, find_weights  # noqa: F401
+from qaconv.backbone import IBN, STRIDES, IBNBasicBlock, IBNBottleneck, ResMap, build_resnet  # noqa: F401
 from qaconv.qaconv import VERSIONS, QAConv, flops_per_pair  # noqa: F401
 
 __all__ = ["IBN", "IBN_FILES", "IMAGENET_FILES", "STRIDES", "VERSIONS", "IBNBasicBlock", "IBNBottleneck",

@@ -1,14 +1,12 @@
-"""Baseline / build_backbone: shapes, last stride, BNNeck, gradients, pretrained loading. Random init only."""
-import os
-import tempfile
+"""Baseline / build_backbone: shapes, last stride, BNNeck, gradients. Random init only.
+
+Pretrained-weight lookup and loading are tested in tests/test_common/test_weights.py."""
 import unittest
-from unittest import mock
 
 import torch
-import torchvision
 
 from crossmodal_bot.loss import build_loss
-from crossmodal_bot.model import Baseline, PretrainedWeightsNotFound, build_backbone
+from crossmodal_bot.model import Baseline, build_backbone
 from crossmodal_bot.solver import build_optimizer
 
 
@@ -109,41 +107,6 @@ class TestNeck(unittest.TestCase):
             torch.testing.assert_close(a(x), b(x))
         self.assertIn("base.layer4.0.conv1.weight", a.state_dict())
         self.assertIn("bottleneck.running_mean", a.state_dict())
-
-
-class TestPretrained(unittest.TestCase):
-    def test_missing_file_raises_clear_error(self):
-        with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, {"TORCH_HOME": tmp}):
-            with self.assertRaises(PretrainedWeightsNotFound) as ctx:
-                Baseline(5, arch="resnet18", pretrained=True)
-        msg = str(ctx.exception)
-        for part in ("resnet18-f37072fd.pth", os.path.join(tmp, "hub", "checkpoints"), "--pretrained-path",
-                     "--no-pretrained"):
-            self.assertIn(part, msg)
-        with self.assertRaises(FileNotFoundError):
-            build_backbone("resnet18", pretrained=True, pretrained_path="/nonexistent/weights.pth")
-
-    def test_load_from_pretrained_path(self):
-        torch.manual_seed(3)
-        ref = torchvision.models.resnet18(weights=None)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "r18.pth")
-            torch.save(ref.state_dict(), path)
-            model = Baseline(5, arch="resnet18", pretrained=True, pretrained_path=path)
-        torch.testing.assert_close(model.base.conv1.weight, ref.conv1.weight)
-        torch.testing.assert_close(model.base.layer4[1].bn2.running_var, ref.layer4[1].bn2.running_var)
-        info = model.base.pretrained_info
-        self.assertEqual((info["missing"], info["unexpected"]), ([], []))
-        self.assertEqual(model.classifier.weight.shape, (5, 512))  # fc.* dropped, our classifier kept
-
-    def test_load_from_torchvision_cache(self):
-        torch.manual_seed(4)
-        ref = torchvision.models.resnet18(weights=None)
-        with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, {"TORCH_HOME": tmp}):
-            os.makedirs(os.path.join(tmp, "hub", "checkpoints"))
-            torch.save(ref.state_dict(), os.path.join(tmp, "hub", "checkpoints", "resnet18-f37072fd.pth"))
-            backbone = build_backbone("resnet18", pretrained=True)
-        torch.testing.assert_close(backbone.layer3[0].conv2.weight, ref.layer3[0].conv2.weight)
 
 
 if __name__ == "__main__":

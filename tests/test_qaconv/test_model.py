@@ -1,11 +1,12 @@
 """QAConv matcher against a plain loop over locations; ResMap / IBN-Net construction, key names, weight loading;
-optimizer groups; reading checkpoints in the original's format. Random init, tiny tensors."""
+optimizer groups; reading checkpoints in the original's format. Random init, tiny tensors.
+
+Pretrained-file lookup (cache folder, not-found message) is tested in tests/test_common/test_weights.py."""
 import copy
 import math
 import os
 import tempfile
 import unittest
-from unittest import mock
 
 import numpy as np
 import torch
@@ -13,8 +14,8 @@ import torch.nn.functional as F
 import torchvision
 
 from qaconv.loss import ClassMemoryLoss, TripletLoss
-from qaconv.model import (IBN, PretrainedWeightsNotFound, QAConv, ResMap, load_original_checkpoint,
-                          matcher_state_from_criterion, optimizer_param_groups)
+from qaconv.model import (IBN, QAConv, ResMap, load_original_checkpoint, matcher_state_from_criterion,
+                          optimizer_param_groups)
 
 
 def unit_maps(n, c=6, h=3, w=2, seed=0):
@@ -395,31 +396,6 @@ class TestIBN(unittest.TestCase):
             self.assertTrue(torch.equal(m.base.conv1.weight, donor.base.conv1.weight))
             with self.assertRaisesRegex(RuntimeError, "does not fit"):  # IBN-b weights into IBN-a
                 ResMap(18, neck=0, ibn="a", pretrained=True, pretrained_path=path)
-
-
-class TestPretrainedFiles(unittest.TestCase):
-    def test_missing_file_names_file_and_fixes(self):
-        with tempfile.TemporaryDirectory() as tmp, mock.patch.object(torch.hub, "get_dir", return_value=tmp):
-            with self.assertRaises(PretrainedWeightsNotFound) as ctx:
-                ResMap(50, ibn="b", pretrained=True)
-            msg = str(ctx.exception)
-            self.assertIn("resnet50_ibn_b-9ca61e85.pth", msg)
-            self.assertIn("--pretrained-path", msg)
-            self.assertIn(os.path.join(tmp, "checkpoints"), msg)
-            with self.assertRaises(PretrainedWeightsNotFound) as ctx:
-                ResMap(18, ibn=None, pretrained=True)
-            self.assertIn("resnet18-f37072fd.pth", str(ctx.exception))
-            with self.assertRaises(PretrainedWeightsNotFound):
-                ResMap(18, ibn=None, pretrained=True, pretrained_path=os.path.join(tmp, "nope.pth"))
-
-    def test_load_from_cache(self):
-        torch.manual_seed(2)
-        donor = torchvision.models.resnet18(weights=None)
-        with tempfile.TemporaryDirectory() as tmp, mock.patch.object(torch.hub, "get_dir", return_value=tmp):
-            os.makedirs(os.path.join(tmp, "checkpoints"))
-            torch.save(donor.state_dict(), os.path.join(tmp, "checkpoints", "resnet18-f37072fd.pth"))
-            m = ResMap(18, ibn=None, pretrained=True)
-        self.assertTrue(torch.equal(m.base.layer2[0].conv1.weight, donor.layer2[0].conv1.weight))
 
 
 class TestOriginalCheckpoint(unittest.TestCase):
