@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv eval_cylib test demo bench clean distclean
+.PHONY: all venv eval_cylib test demo demo-qaconv bench clean distclean
 
 all: test
 
@@ -32,10 +32,20 @@ demo: eval_cylib
 	rm -rf exp/demo/crossmodal_bot/synthetic/demo
 	$(PYTHON) crossmodal_bot/main.py $(DEMO_ARGS)
 
+# QAConv-GS on the synthetic data (random init, so the 2.0 pairwise matching loss: see qaconv/README.md), with
+# the untrained model, the colour histogram, and re-ranking + TLift on the synthetic frame stamps.
+QAConv_DEMO_ARGS ?= --dataset synthetic -a resnet18 --ibn none --no-pretrained --no-freeze-bn --height 128 --width 64 \
+	-b 16 --num_instance 2 --loss pairwise --epochs 8 --workers 2 --exp-dir exp/demo --run-name demo \
+	--no-auto-resume --compare-histogram --do_tlift --visualize-pairs 4
+
+demo-qaconv: eval_cylib
+	rm -rf exp/demo/qaconv/synthetic/demo
+	$(PYTHON) qaconv/main_gs.py $(QAConv_DEMO_ARGS)
+
 bench: eval_cylib
-	$(PYTHON) benchmarks/bench_eval.py --sizes market
-	$(PYTHON) benchmarks/bench_eval.py --sizes msmt --max-queries 2000
+	$(PYTHON) benchmarks/bench_eval.py --sizes market,msmt
 	$(PYTHON) benchmarks/bench_bot_train.py
+	$(PYTHON) benchmarks/bench_qaconv_matcher.py
 
 clean:
 	rm -rf eval_cylib/build eval_cylib/*.c eval_cylib/*.so eval_cylib/*.html

@@ -99,6 +99,10 @@ def add_qaconv_args(parser: argparse.ArgumentParser) -> None:
                    help="gallery maps per matching chunk")
     g.add_argument("--test_prob_batch", "--test-prob-batch", dest="test_prob_batch", type=int,
                    help="query maps per matching chunk")
+    g.add_argument("--test-dtype", "--test_dtype", dest="test_dtype", default="auto",
+                   choices=["auto", "float32", "float16", "bfloat16"],
+                   help="dtype of test-time matching (auto: float16 on CUDA with AMP, else float32; half types "
+                        "need CUDA)")
     g.add_argument("--do_tlift", "--do-tlift", dest="do_tlift", action="store_true",
                    help="k-reciprocal re-ranking then TLift (test sets with time stamps)")
     g.add_argument("--do_rerank", "--do-rerank", dest="do_rerank", action="store_true",

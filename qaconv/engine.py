@@ -95,7 +95,13 @@ def test_distance_mode(args) -> str:
     return "neg" if args.version == "2.1" else "sigmoid"
 
 
-def half_dtype(device: torch.device, amp: bool) -> Optional[torch.dtype]:
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def half_dtype(device: torch.device, amp: bool, name: str = "auto") -> Optional[torch.dtype]:
+    """Matching dtype: ``name`` if given, else float16 on CUDA with AMP (HEAD's fp16 test), else float32."""
+    if name != "auto":
+        return _DTYPES[name]
     return torch.float16 if amp and device.type == "cuda" else None
 
 
@@ -163,7 +169,8 @@ def evaluate_sets(args, run: Run, model: ResMap, matcher: QAConv, label: str, da
         res, dists = evaluate_model(
             model, matcher, ds, args.height, args.width, run.device, fea_batch=args.test_fea_batch,
             workers=args.workers, amp=args.amp, progress=args.progress, prob_batch=args.test_prob_batch,
-            gal_batch=args.test_gal_batch, dtype=half_dtype(run.device, args.amp), distance=test_distance_mode(args),
+            gal_batch=args.test_gal_batch, dtype=half_dtype(run.device, args.amp, args.test_dtype),
+            distance=test_distance_mode(args),
             do_rerank=args.do_rerank, do_tlift=args.do_tlift, tau=args.tau, sigma=args.sigma, K=args.tlift_k,
             alpha=args.alpha, use_cython=not args.no_cython, use_metric_cuhk03=ds.protocol == "cuhk03")
         out[key] = res
@@ -281,6 +288,8 @@ def train(args, run: Run) -> Dict[str, Dict]:
         start_epoch = int(rest["epoch"])
         if "schedule" in rest:
             schedule.load_state_dict(rest["schedule"])
+        elif isinstance(schedule, AdaptiveSchedule) and "final_epochs" in rest:  # an original 2.1 checkpoint
+            schedule.load_state_dict({k: rest[k] for k in ("base_loss", "final_epochs", "lr_stepped")})
         if sampler is not None and "sampler" in rest:
             sampler.load_state_dict(rest["sampler"])
         aug_switched = bool(rest.get("aug_switched", False))
@@ -337,7 +346,9 @@ def train(args, run: Run) -> Dict[str, Dict]:
             state["sampler"] = sampler.state_dict()
         save_checkpoint(run.checkpoint_path, state, args=vars(args))
         if stop:
-            run.log(f"the learning converges at epoch {epoch + 1}")
+            converged = isinstance(schedule, AdaptiveSchedule) and schedule.lr_stepped
+            run.log(f"the learning converges at epoch {epoch + 1}" if converged else
+                    f"training finished: epoch {epoch + 1} is the schedule's last")
             break
     if stats:
         run.write_results("train", {"loss": stats["loss"], "acc": stats["acc"], "epochs": epoch + 1})
