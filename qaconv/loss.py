@@ -44,45 +44,12 @@ def hardest_pairs(score: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tens
     return min_pos, max_neg
 
 
-class TripletLoss(nn.Module):
-    """Batch-hard triplet loss on ``matcher(feature, feature)``: ``max(0, max_neg - min_pos + margin)``.
+class MatcherLoss(nn.Module):
+    """Base of the QAConv losses: holds the matcher as ``self.matcher`` (state-dict keys ``matcher.*``) and resets
+    it on request.
 
     Args:
         matcher: the QAConv matcher (or any ``(prob, gal) -> (P, G)`` module).
-        margin: hinge margin on the logits (16 in the original).
-    Shapes:
-        forward(feature (B, C, h, w), target (B,)) -> (loss (B,), acc (B,)); ``acc = min_pos >= max_neg``.
-        A sample without another positive gets a hard positive of ~1e15 and zero loss.
-    """
-
-    def __init__(self, matcher: nn.Module, margin: float = 16.0):
-        super().__init__()
-        self.matcher = matcher
-        self.margin = margin
-        self.ranking_loss = nn.MarginRankingLoss(margin=margin, reduction="none")
-
-    def reset_running_stats(self) -> None:
-        self.matcher.reset_running_stats()
-
-    def reset_parameters(self) -> None:
-        self.matcher.reset_parameters()
-
-    def forward(self, feature: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        _check_input(feature, target)
-        score = self.matcher(feature, feature)  # [B, B]
-        min_pos, max_neg = hardest_pairs(score, target)
-        loss = self.ranking_loss(min_pos, max_neg, torch.ones_like(min_pos))
-        with torch.no_grad():
-            acc = (min_pos >= max_neg).float()
-        return loss, acc
-
-
-class PairwiseMatchingLoss(nn.Module):
-    """Binary cross-entropy on every in-batch pair (self-pairs included, label 1), summed over each row.
-
-    Shapes:
-        forward(feature (B, C, h, w), target (B,)) -> (loss (B,), acc (B,)); ``acc = min_pos > max_neg``
-        (strict, self excluded from the positives).
     """
 
     def __init__(self, matcher: nn.Module):
@@ -95,6 +62,41 @@ class PairwiseMatchingLoss(nn.Module):
     def reset_parameters(self) -> None:
         self.matcher.reset_parameters()
 
+
+class TripletLoss(MatcherLoss):
+    """Batch-hard triplet loss on ``matcher(feature, feature)``: ``max(0, max_neg - min_pos + margin)``.
+
+    Args:
+        matcher: the QAConv matcher (or any ``(prob, gal) -> (P, G)`` module).
+        margin: hinge margin on the logits (16 in the original).
+    Shapes:
+        forward(feature (B, C, h, w), target (B,)) -> (loss (B,), acc (B,)); ``acc = min_pos >= max_neg``.
+        A sample without another positive gets a hard positive of ~1e15 and zero loss.
+    """
+
+    def __init__(self, matcher: nn.Module, margin: float = 16.0):
+        super().__init__(matcher)
+        self.margin = margin
+        self.ranking_loss = nn.MarginRankingLoss(margin=margin, reduction="none")
+
+    def forward(self, feature: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        _check_input(feature, target)
+        score = self.matcher(feature, feature)  # [B, B]
+        min_pos, max_neg = hardest_pairs(score, target)
+        loss = self.ranking_loss(min_pos, max_neg, torch.ones_like(min_pos))
+        with torch.no_grad():
+            acc = (min_pos >= max_neg).float()
+        return loss, acc
+
+
+class PairwiseMatchingLoss(MatcherLoss):
+    """Binary cross-entropy on every in-batch pair (self-pairs included, label 1), summed over each row.
+
+    Shapes:
+        forward(feature (B, C, h, w), target (B,)) -> (loss (B,), acc (B,)); ``acc = min_pos > max_neg``
+        (strict, self excluded from the positives).
+    """
+
     def forward(self, feature: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         _check_input(feature, target)
         score = self.matcher(feature, feature)  # [B, B]
@@ -106,7 +108,7 @@ class PairwiseMatchingLoss(nn.Module):
         return loss, acc
 
 
-class ClassMemoryLoss(nn.Module):
+class ClassMemoryLoss(MatcherLoss):
     """Focal binary cross-entropy of each sample against a memory of one feature map per class (QAConv 1.x).
 
     Args:
@@ -126,8 +128,7 @@ class ClassMemoryLoss(nn.Module):
 
     def __init__(self, matcher: nn.Module, num_classes: int, num_features: int, height: int, width: int,
                  mem_batch_size: int = 16):
-        super().__init__()
-        self.matcher = matcher
+        super().__init__(matcher)
         self.num_classes, self.num_features, self.height, self.width = num_classes, num_features, height, width
         self.mem_batch_size = mem_batch_size
         self.register_buffer("class_memory", torch.zeros(num_classes, num_features, height, width))
@@ -141,10 +142,7 @@ class ClassMemoryLoss(nn.Module):
     def reset_running_stats(self) -> None:
         """As the original: empty the memory and reset the matcher's BN running statistics."""
         self.reset()
-        self.matcher.reset_running_stats()
-
-    def reset_parameters(self) -> None:
-        self.matcher.reset_parameters()
+        super().reset_running_stats()
 
     def scores(self, feature: torch.Tensor) -> torch.Tensor:
         """Scores (B, num_classes) of the batch against the (detached) memory, chunk by chunk."""
