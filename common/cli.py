@@ -25,7 +25,7 @@ def base_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("-d", "--dataset", default="market",
                    help="training set key: market, duke, cuhk03_np_detected, cuhk03_np_labeled, msmt, sysu_mm01, "
-                        "randperson, synthetic (aliases such as market1501 work)")
+                        "randperson, synthetic, synthetic_sysu (aliases such as market1501 work)")
     g.add_argument("--testset", default=None,
                    help="comma-separated test set keys (QAConv style); default: the training set")
     g.add_argument("--data-dir", "--data_dir", dest="data_dir", default=default_data_dir(),

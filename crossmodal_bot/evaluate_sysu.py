@@ -19,7 +19,7 @@ Reference:
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -79,6 +79,27 @@ def sample_sysu_gallery(g_pids, g_camids, mode: str = "all", shots: int = 1, see
                 continue
             chosen.append(cand if len(cand) <= shots else rng.choice(cand, size=shots, replace=False))
     return np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def sysu_trial_view(distmat: np.ndarray, q_camids, g_pids, g_camids, mode: str = "all", shots: int = 1,
+                    seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """What one trial ranks: its sampled gallery columns, with the camera rule written into the distances.
+
+    For ranked-list pictures, which rank a distance matrix as given: a camera-3 query's distance to every
+    camera-2 entry becomes ``+inf`` (so those entries come last and can be cut off by a top-k), as
+    :func:`eval_sysu` drops them.
+
+    Args:
+        distmat: (Q, G) distances to the FULL RGB gallery; q_camids: (Q,); g_pids, g_camids: (G,) (0-based).
+        mode, shots, seed: as :func:`sample_sysu_gallery` (trial ``seed``).
+    Returns:
+        (distances (Q, G') float64 with ``inf`` on the excluded pairs, cols (G',) int64 indices into the gallery).
+    """
+    q_camids, g_camids = _as_numpy(q_camids), _as_numpy(g_camids)
+    cols = sample_sysu_gallery(g_pids, g_camids, mode, shots, seed)
+    view = np.asarray(distmat, dtype=np.float64)[:, cols].copy()
+    view[np.ix_(q_camids == _RULE_QUERY_CAMID, g_camids[cols] == _RULE_GALLERY_CAMID)] = np.inf
+    return view, cols
 
 
 def eval_sysu(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids, max_rank: int = 20) -> Dict:

@@ -6,6 +6,10 @@ Examples::
     python crossmodal_bot/main.py --mode test --dataset market --testset market,duke
     python crossmodal_bot/main.py --mode visualize --dataset market --resume_visualize_epoch 120
     python crossmodal_bot/main.py --dataset synthetic -a resnet18 --no-pretrained --height 128 --width 64
+    python crossmodal_bot/main.py --dataset synthetic_sysu -a resnet18 --no-pretrained --height 128 --width 64
+
+``--evaluate`` (shared flag) is ``--mode test``. ``--dataset synthetic_sysu`` is the synthetic data with infrared
+cameras in the SYSU-MM01 layout: modality-balanced batches and the SYSU-MM01 test (``--sysu-mode``, ``--sysu-shots``).
 
 The original re-implementation's flags (``--market_path``, ``--duke_path``, ``--output_path``, ``--train_dataset``,
 ``--image_size``, ``--p``, ``--k``, ``--base_learning_rate``, ``--total_train_epochs``, ``--resume_test_epoch``,
@@ -88,9 +92,13 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Apply the original flags' aliases and derived defaults."""
+    """Apply the original flags' aliases and derived defaults; the shared ``--evaluate`` means ``--mode test``."""
     from common.datasets import canonical_name
     args.dataset = canonical_name(args.dataset)
+    if args.evaluate:
+        if args.mode == "visualize":
+            raise SystemExit("--evaluate means --mode test; it cannot be combined with --mode visualize")
+        args.mode = "test"
     if args.image_size:
         args.height, args.width = args.image_size
     if args.p:

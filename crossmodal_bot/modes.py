@@ -6,10 +6,12 @@ import os
 import re
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 
 from common.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from common.datasets import build_dataset
+from common.datasets.base import records_arrays
 from common.env import seed_everything
 from common.eval.distance import compute_distmat
 from common.eval.rank import IS_CYTHON_AVAILABLE
@@ -17,12 +19,14 @@ from common.eval.report import results_table
 from common.run import Run, setup_run
 from crossmodal_bot.data import build_bot_train_loader
 from crossmodal_bot.evaluate import evaluate_histogram, evaluate_model, extract_query_gallery
+from crossmodal_bot.evaluate_sysu import sysu_trial_view
 from crossmodal_bot.loss import build_loss
 from crossmodal_bot.model import Baseline
 from crossmodal_bot.solver import WarmupMultiStepLR, build_optimizer
 from crossmodal_bot.trainer import epoch_seed, train_one_epoch
 
 METHOD = "crossmodal_bot"
+SYNTHETIC_KEYS = ("synthetic", "synthetic_sysu")  # generated on first use; ``--synthetic-ids`` sets their size
 
 
 def setup(args) -> Run:
@@ -36,7 +40,7 @@ def load_dataset(args, key: str, verbose: bool = True):
     direct = {"market": args.market_path, "duke": args.duke_path}.get(key)
     if direct:
         root = direct
-    if key == "synthetic" and args.synthetic_ids:
+    if key in SYNTHETIC_KEYS and args.synthetic_ids:
         kwargs["num_ids"] = args.synthetic_ids
     return build_dataset(key, root, combine_all=args.combine_all and key == args.dataset, verbose=verbose, **kwargs)
 
@@ -89,7 +93,10 @@ def evaluate_all(args, run: Run, model, label: str, datasets: Dict) -> Dict[str,
 
 
 def report(args, run: Run, rows) -> None:
-    run.log("\n" + results_table(rows, title=f"{args.dataset} -> {','.join(args.testset)}  (percent)"))
+    """Log the results table; the title names the SYSU protocol setting when a row used it."""
+    protocols = sorted({res["protocol"] for _, res in rows if "protocol" in res})
+    title = f"{args.dataset} -> {','.join(args.testset)}  (percent)" + "".join(f"  [{p}]" for p in protocols)
+    run.log("\n" + results_table(rows, title=title))
 
 
 # ----------------------------------------------------------------------------------------------- modes
@@ -194,10 +201,33 @@ def visualize(args, run: Run) -> List[str]:
         ds = load_dataset(args, key)
         qf, gf = extract_query_gallery(model, ds, args.height, args.width, run.device, args.test_batch_size,
                                        args.workers, args.flip_test, args.amp, args.progress)
-        distmat = compute_distmat(qf.feats, gf.feats, metric=args.test_metric)
-        n = args.visualize_queries or len(ds.query)
+        distmat, gallery, topk, what = ranking_to_show(args, ds, compute_distmat(qf.feats, gf.feats,
+                                                                                 metric=args.test_metric))
+        n = min(args.visualize_queries or len(ds.query), len(ds.query))
         out = os.path.join(run.dir, "ranked_images", key)
-        written += visualize_ranked_results(distmat, ds.query, ds.gallery, out, topk=args.visualize_topk,
-                                            query_indices=list(range(min(n, len(ds.query)))), write_folders=True)
-        run.log(f"wrote {min(n, len(ds.query))} ranked lists under {out}")
+        written += visualize_ranked_results(distmat, ds.query, gallery, out, topk=topk,
+                                            query_indices=list(range(n)), write_folders=True)
+        run.log(f"wrote {n} ranked lists ({what}, top-{topk}) under {out}")
     return written
+
+
+def ranking_to_show(args, ds, distmat: np.ndarray):
+    """The distances, gallery and top-k a ranked-list picture shows.
+
+    Market-style protocols: the full gallery. SYSU (``ds.protocol == 'sysu'``): the gallery of trial 0 of the
+    evaluated setting (``--sysu-mode``, ``--sysu-shots``), camera-3 queries without camera-2 entries, i.e.
+    exactly what the first trial of the test ranks; top-k is cut to the fewest entries a query may see.
+
+    Args:
+        distmat: (num_query, num_gallery) distances to the full gallery.
+    Returns:
+        (distances (num_query, G'), gallery records (G'), top-k, description for the log).
+    """
+    if ds.protocol != "sysu":
+        return distmat, ds.gallery, args.visualize_topk, "full gallery"
+    _, q_camids, _ = records_arrays(ds.query)
+    g_pids, g_camids, _ = records_arrays(ds.gallery)
+    view, cols = sysu_trial_view(distmat, q_camids, g_pids, g_camids, args.sysu_mode, args.sysu_shots, seed=0)
+    topk = min(args.visualize_topk, int(np.isfinite(view).sum(axis=1).min()))
+    shots = "single" if args.sysu_shots == 1 else "multi"
+    return view, [ds.gallery[i] for i in cols], topk, f"SYSU {args.sysu_mode}-search {shots}-shot, trial 0 gallery"

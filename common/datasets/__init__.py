@@ -2,7 +2,9 @@
 
 Keys (with aliases): ``market`` (market1501), ``duke`` (dukemtmc, dukemtmcreid), ``cuhk03_np_detected``,
 ``cuhk03_np_labeled``, ``msmt`` (msmt17; V1 with list files or V2), ``sysu_mm01`` (sysu), ``randperson``,
-``synthetic``. Classes are imported lazily, so a broken parser never breaks the others.
+``synthetic`` (synth; Market layout), ``synthetic_sysu`` (synth_sysu; the same generated data with its infrared
+cameras, in the SYSU-MM01 layout and protocol). Classes are imported lazily, so a broken parser never breaks the
+others.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ _FACTORY = {
     "sysu_mm01": ("common.datasets.sysu_mm01", "SYSUMM01", {}),
     "randperson": ("common.datasets.randperson", "RandPerson", {}),
     "synthetic": ("common.datasets.synthetic", "Synthetic", {}),
+    "synthetic_sysu": ("common.datasets.synthetic", "Synthetic", {"layout": "sysu"}),
 }
 
 _ALIASES = {
@@ -32,6 +35,7 @@ _ALIASES = {
     "msmt17": "msmt", "msmt17_v1": "msmt", "msmt17_v2": "msmt",
     "sysu": "sysu_mm01", "sysumm01": "sysu_mm01", "sysu-mm01": "sysu_mm01",
     "synth": "synthetic",
+    "synth_sysu": "synthetic_sysu", "synthetic-sysu": "synthetic_sysu", "synth-sysu": "synthetic_sysu",
 }
 
 
@@ -64,7 +68,8 @@ def build_dataset(name: str, root: str = None, combine_all: bool = False, verbos
         root: the folder that holds the dataset folders (``--data-dir``); ``$REID_DATA`` or ``./data`` if None.
         combine_all: merge query and gallery identities into the training split.
         verbose: print the summary table.
-        **kwargs: passed to the dataset class (e.g. ``version=2`` for MSMT17, ``num_ids=...`` for synthetic).
+        **kwargs: passed to the dataset class (e.g. ``version=2`` for MSMT17, ``num_ids=...`` for synthetic and
+            synthetic_sysu).
     Returns:
         the dataset.
     """

@@ -7,13 +7,14 @@ import warnings
 
 from PIL import Image
 
-from common.datasets import build_dataset
+from common.datasets import build_dataset, canonical_name, names
 from common.datasets.base import DatasetError
 from common.datasets.cuhk03_np import CUHK03NP
 from common.datasets.dukemtmc import DukeMTMCreID
 from common.datasets.market1501 import Market1501
 from common.datasets.msmt17 import MSMT17
 from common.datasets.randperson import RandPerson
+from common.datasets.synthetic import Synthetic
 from common.datasets.sysu_mm01 import IR_CAMS, RGB_CAMS, SYSUMM01, is_infrared
 
 
@@ -313,6 +314,36 @@ class TestRandPerson(DatasetTestCase):
         self.assertEqual(train["000007_c01_s00_f000001.jpg"].camid, 2)  # read by position: scene 1, camera 0
         self.assertEqual(train["000007_c01_s00_f000001.jpg"].pid, 3)
         self.assertEqual(ds.extra["fps"], 24.0)
+
+
+class TestSyntheticKeys(unittest.TestCase):
+    """``synthetic`` and ``synthetic_sysu``: one generator, two layouts; ``num_ids`` reaches the generator."""
+    TINY = dict(num_ids=8, num_distractors=5, num_junk=4)
+
+    def test_aliases(self):
+        for name in ("synthetic_sysu", "synth_sysu", "Synthetic-SYSU", "synth-sysu"):
+            self.assertEqual(canonical_name(name), "synthetic_sysu", name)
+        self.assertEqual(canonical_name("synth"), "synthetic")
+        self.assertIn("synthetic_sysu", names())
+
+    def test_sysu_key_builds_the_infrared_layout_with_num_ids(self):
+        with tempfile.TemporaryDirectory() as root:
+            ds = build_dataset("synth_sysu", root, verbose=False, **self.TINY)
+            self.assertIsInstance(ds, Synthetic)
+            self.assertEqual((ds.name, ds.protocol), ("synthetic_sysu", "sysu"))
+            self.assertEqual(ds.extra["meta"]["config"]["num_ids"], 8)
+            self.assertTrue(ds.extra["meta"]["config"]["infrared"])
+            self.assertEqual(ds.extra["ir_cams"], [2, 5])
+            self.assertEqual({r.camid for r in ds.query}, {2, 5})  # IR queries
+            self.assertTrue({r.camid for r in ds.gallery} <= {0, 1, 3, 4})  # RGB gallery
+            self.assertTrue({2, 5} & {r.camid for r in ds.train} and {0, 1, 3, 4} & {r.camid for r in ds.train})
+            self.assertEqual({r.pid for r in ds.query}, {r.pid for r in ds.gallery})
+            train_ids = len({r.pid for r in ds.train})
+            self.assertEqual(train_ids + len({r.pid for r in ds.query}), 8)  # train+val / test split of 8 ids
+            self.assertEqual(sorted({r.pid for r in ds.train}), list(range(train_ids)))
+            market = build_dataset("synthetic", root, verbose=False, **self.TINY)
+            self.assertEqual((market.name, market.protocol), ("synthetic", "market1501"))
+            self.assertFalse(market.extra["meta"]["config"]["infrared"])
 
 
 class TestErrors(unittest.TestCase):

@@ -4,7 +4,8 @@ import unittest
 import numpy as np
 import torch
 
-from crossmodal_bot.evaluate_sysu import eval_sysu, evaluate_sysu, pairwise_distance, sample_sysu_gallery
+from crossmodal_bot.evaluate_sysu import (eval_sysu, evaluate_sysu, pairwise_distance, sample_sysu_gallery,
+                                         sysu_trial_view)
 
 
 def full_gallery():
@@ -117,6 +118,29 @@ class TestEvaluateSysu(unittest.TestCase):
         q, g = np.array([[1.0, 0.0]]), np.array([[2.0, 0.0], [0.0, 3.0]])
         np.testing.assert_allclose(pairwise_distance(q, g, "cosine"), [[0.0, 1.0]], atol=1e-12)
         np.testing.assert_allclose(pairwise_distance(q, g, "euclidean"), [[1.0, 10.0]], atol=1e-12)
+
+
+class TestTrialView(unittest.TestCase):
+    """sysu_trial_view: what the ranked-list pictures of ``--mode visualize`` show on SYSU."""
+
+    def test_columns_and_camera_rule(self):
+        g_pids, g_cams = full_gallery()
+        keep = g_cams != 2
+        g_pids, g_cams = g_pids[keep], g_cams[keep]
+        q_cams = np.array([2, 5])  # a camera-3 and a camera-6 query
+        dist = np.arange(2 * len(g_pids), dtype=np.float64).reshape(2, -1)
+        view, cols = sysu_trial_view(dist, q_cams, g_pids, g_cams, mode="all", shots=1, seed=4)
+        np.testing.assert_array_equal(cols, sample_sysu_gallery(g_pids, g_cams, "all", 1, seed=4))
+        self.assertEqual(view.shape, (2, len(cols)))
+        cam2 = g_cams[cols] == 1
+        self.assertTrue(cam2.any() and (~cam2).any())
+        self.assertTrue(np.all(np.isinf(view[0, cam2])))  # camera 3 vs camera 2: never shown
+        np.testing.assert_array_equal(view[0, ~cam2], dist[0, cols][~cam2])
+        np.testing.assert_array_equal(view[1], dist[1, cols])  # camera 6 sees the whole trial gallery
+        np.testing.assert_array_equal(dist[0], np.arange(len(g_pids)))  # the input is left alone
+        indoor, cols_in = sysu_trial_view(dist, q_cams, g_pids, g_cams, mode="indoor", shots=10, seed=0)
+        self.assertEqual(set(g_cams[cols_in].tolist()), {0, 1})
+        self.assertEqual(indoor.shape, (2, len(cols_in)))
 
 
 if __name__ == "__main__":

@@ -86,7 +86,32 @@ class TestSmokeAndModes(unittest.TestCase):
         self.assertIn("--resume_test_epoch", p.stdout)
 
 
+class TestEvaluateFlag(unittest.TestCase):
+    """The shared ``--evaluate`` ("evaluate only") is ``--mode test``."""
+
+    def resolve(self, *argv):
+        from crossmodal_bot.main import get_parser, resolve_args
+        return resolve_args(get_parser().parse_args(["--dataset", "synthetic", *argv]))
+
+    def test_evaluate_means_test_mode(self):
+        self.assertEqual(self.resolve().mode, "train")
+        self.assertEqual(self.resolve("--evaluate").mode, "test")
+        self.assertEqual(self.resolve("--mode", "train", "--evaluate").mode, "test")
+        self.assertEqual(self.resolve("--mode", "test", "--evaluate").mode, "test")
+        with self.assertRaises(SystemExit) as ctx:
+            self.resolve("--mode", "visualize", "--evaluate")
+        self.assertIn("--evaluate", str(ctx.exception))
+
+    def test_evaluate_runs_the_test_mode(self):
+        with tempfile.TemporaryDirectory() as exp:
+            p = run_main(base_args(exp, "--evaluate"))  # no checkpoint yet: the test mode's error, not training
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn("no checkpoint", p.stderr)
+            self.assertFalse(os.path.isdir(os.path.join(run_dir(exp), "checkpoints")))
+
+
 class TestResume(unittest.TestCase):
+
     def test_killed_run_resumes_to_the_same_weights(self):
         common = ["--epochs", "3", "--max-batches", "6", "-b", "16", "--k", "4", "--eval-period", "0",
                   "--warmup-epochs", "1", "--max_save_model_num", "0"]
