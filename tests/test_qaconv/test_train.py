@@ -124,6 +124,21 @@ class TestClassMemoryEndToEnd(unittest.TestCase):
             self.assertTrue(math.isfinite(results(exp)["synthetic"]["mAP"]))
 
 
+class TestClassMemoryLearning(unittest.TestCase):
+    def test_class_memory_training_beats_untrained_and_histogram(self):
+        """QAConv 1.2 from random init: 3 pre-training trials, 8 epochs of 44 batches of 8 (352 iterations), the
+        augmentation switch at --acc_thr, StepLR at 6."""
+        from qaconv.main import main
+        with tempfile.TemporaryDirectory() as exp:
+            out = main(base_args(exp, "--epochs", "8", "--step_size", "6", "-b", "8", "--num_trials", "3",
+                                 "--max_steps", "30", "--compare-histogram", "--no-tensorboard"))
+            allres = results(exp)
+            trained, untrained = out["synthetic"]["mAP"], allres["untrained/synthetic"]["mAP"]
+            hist = allres["histogram/synthetic"]["mAP"]
+            self.assertGreater(trained, untrained + 0.1, (trained, untrained))
+            self.assertGreater(trained, hist, (trained, hist))
+
+
 class TestResume(unittest.TestCase):
     def test_killed_run_resumes_to_the_same_weights(self):
         common = ["--epochs", "3", "--max-batches", "4", "-b", "8", "--num_instance", "2", "--loss", "pairwise"]
