@@ -14,20 +14,12 @@ import unittest
 import torch
 
 from common.checkpoint import load_checkpoint
-from common.datasets import build_dataset
+from tests.e2e import ROOT, Workspace
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SYNTH_IDS = 120
-_TMP = tempfile.TemporaryDirectory(prefix="bot-test-")
-DATA = os.path.join(_TMP.name, "data")
-
-
-def setUpModule():
-    build_dataset("synthetic", DATA, num_ids=SYNTH_IDS, verbose=False)  # generated once for the module
-
-
-def tearDownModule():
-    _TMP.cleanup()
+WS = Workspace("bot-test-", "synthetic", SYNTH_IDS)  # the dataset is generated once for the module
+DATA = WS.data
+setUpModule, tearDownModule = WS.generate, WS.cleanup
 
 
 def base_args(exp_dir, *extra):
@@ -36,9 +28,8 @@ def base_args(exp_dir, *extra):
             "--exp-dir", exp_dir, "--no-progress", "--no-tensorboard", *extra]
 
 
-def run_main(args, **kw):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "crossmodal_bot", "main.py"), *args], cwd=_TMP.name,
-                          capture_output=True, text=True, timeout=900, **kw)
+def run_main(args):
+    return WS.run("crossmodal_bot/main.py", args)
 
 
 def run_dir(exp_dir):
@@ -118,8 +109,8 @@ class TestResume(unittest.TestCase):
         with tempfile.TemporaryDirectory() as exp_a, tempfile.TemporaryDirectory() as exp_b:
             p = run_main(base_args(exp_a, *common))  # uninterrupted reference
             self.assertEqual(p.returncode, 0, p.stderr[-3000:])
-            proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "crossmodal_bot", "main.py"),
-                                     *base_args(exp_b, *common)], cwd=_TMP.name, stdout=subprocess.DEVNULL,
+            proc = subprocess.Popen(WS.command("crossmodal_bot/main.py", base_args(exp_b, *common)), cwd=WS.path,
+                                    stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
             ck1 = os.path.join(run_dir(exp_b), "checkpoints", "ckpt_ep001.pth")
             deadline = time.time() + 600

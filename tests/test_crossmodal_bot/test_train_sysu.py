@@ -4,20 +4,19 @@ modality-balanced batches, the SYSU-MM01 test in its four settings, visualize, a
 import glob
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import unittest
 from argparse import Namespace
 
 from common.datasets import build_dataset
+from tests.e2e import Workspace
 from crossmodal_bot.data import build_bot_train_loader
 from crossmodal_bot.sampler import CrossModalityIdentitySampler
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SYNTH_IDS = 120  # 60 train+val identities, 60 test identities
-_TMP = tempfile.TemporaryDirectory(prefix="bot-sysu-test-")
-DATA = os.path.join(_TMP.name, "data")
+WS = Workspace("bot-sysu-test-", "synthetic_sysu", SYNTH_IDS)  # the dataset is generated once for the module
+DATA = WS.data
+setUpModule, tearDownModule = WS.generate, WS.cleanup
 
 
 # 40 epochs x 15 batches of P x K = 4 x 4 = 600 iterations; lr 1e-3 (random init), soft-margin triplet, no erasing.
@@ -27,14 +26,6 @@ LEARNING_ARGS = ("--epochs", "40", "-b", "16", "--k", "4", "--lr", "1e-3", "--wa
 MAP_GAIN, R10_GAIN = 0.06, 0.15
 
 
-def setUpModule():
-    build_dataset("synthetic_sysu", DATA, num_ids=SYNTH_IDS, verbose=False)  # generated once for the module
-
-
-def tearDownModule():
-    _TMP.cleanup()
-
-
 def base_args(exp_dir, *extra):
     return ["--dataset", "synth_sysu", "--data-dir", DATA, "--synthetic-ids", str(SYNTH_IDS), "-a", "resnet18",
             "--no-pretrained", "--height", "64", "--width", "32", "--device", "cpu", "--workers", "0",
@@ -42,8 +33,7 @@ def base_args(exp_dir, *extra):
 
 
 def run_main(args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "crossmodal_bot", "main.py"), *args], cwd=_TMP.name,
-                          capture_output=True, text=True, timeout=900)
+    return WS.run("crossmodal_bot/main.py", args)
 
 
 def run_dir(exp_dir):

@@ -16,20 +16,12 @@ import unittest
 import torch
 
 from common.checkpoint import load_checkpoint
-from common.datasets import build_dataset
+from tests.e2e import ROOT, Workspace
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SYNTH_IDS = 80
-_TMP = tempfile.TemporaryDirectory(prefix="qaconv-test-")
-DATA = os.path.join(_TMP.name, "data")
-
-
-def setUpModule():
-    build_dataset("synthetic", DATA, num_ids=SYNTH_IDS, verbose=False)  # generated once for the module
-
-
-def tearDownModule():
-    _TMP.cleanup()
+WS = Workspace("qaconv-test-", "synthetic", SYNTH_IDS)  # the dataset is generated once for the module
+DATA = WS.data
+setUpModule, tearDownModule = WS.generate, WS.cleanup
 
 
 def base_args(exp_dir, *extra):
@@ -38,9 +30,8 @@ def base_args(exp_dir, *extra):
             "cpu", "-j", "0", "--exp-dir", exp_dir, "--run-name", "t", "--no-progress", "--print-freq", "0", *extra]
 
 
-def run_script(script, args, **kw):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "qaconv", script), *args], cwd=_TMP.name,
-                          capture_output=True, text=True, timeout=900, **kw)
+def run_script(script, args):
+    return WS.run(f"qaconv/{script}", args)
 
 
 def run_dir(exp_dir):
@@ -145,8 +136,8 @@ class TestResume(unittest.TestCase):
         with tempfile.TemporaryDirectory() as exp_a, tempfile.TemporaryDirectory() as exp_b:
             p = run_script("main_gs.py", base_args(exp_a, *common))  # uninterrupted reference
             self.assertEqual(p.returncode, 0, p.stderr[-3000:])
-            proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "qaconv", "main_gs.py"),
-                                     *base_args(exp_b, *common)], cwd=_TMP.name, stdout=subprocess.DEVNULL,
+            proc = subprocess.Popen(WS.command("qaconv/main_gs.py", base_args(exp_b, *common)), cwd=WS.path,
+                                    stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
             ck = os.path.join(run_dir(exp_b), "checkpoint.pth")
             deadline = time.time() + 600
