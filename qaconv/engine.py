@@ -98,7 +98,7 @@ def test_distance_mode(args) -> str:
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def half_dtype(device: torch.device, amp: bool, name: str = "auto") -> Optional[torch.dtype]:
+def matching_dtype(device: torch.device, amp: bool, name: str = "auto") -> Optional[torch.dtype]:
     """Matching dtype: ``name`` if given, else float16 on CUDA with AMP (HEAD's fp16 test), else float32."""
     if name != "auto":
         return _DTYPES[name]
@@ -113,7 +113,7 @@ def class_distance_fn(args, model: ResMap, matcher: QAConv, records, device: tor
         maps = extract_feature_maps(model, chosen, args.height, args.width, device, args.test_fea_batch,
                                     args.workers, amp=args.amp, progress=False, desc="graph")
         score = pairwise_scores(matcher, maps.feats, maps.feats, args.test_prob_batch, args.test_gal_batch,
-                                device=device, dtype=half_dtype(device, args.amp))
+                                device=device, dtype=matching_dtype(device, args.amp))
         return score_to_distance(score, "neg" if args.version == "2.1" else "sigmoid").numpy()
     return distance
 
@@ -169,7 +169,7 @@ def evaluate_sets(args, run: Run, model: ResMap, matcher: QAConv, label: str, da
         res, dists = evaluate_model(
             model, matcher, ds, args.height, args.width, run.device, fea_batch=args.test_fea_batch,
             workers=args.workers, amp=args.amp, progress=args.progress, prob_batch=args.test_prob_batch,
-            gal_batch=args.test_gal_batch, dtype=half_dtype(run.device, args.amp, args.test_dtype),
+            gal_batch=args.test_gal_batch, dtype=matching_dtype(run.device, args.amp, args.test_dtype),
             distance=test_distance_mode(args),
             do_rerank=args.do_rerank, do_tlift=args.do_tlift, tau=args.tau, sigma=args.sigma, K=args.tlift_k,
             alpha=args.alpha, use_cython=not args.no_cython, use_metric_cuhk03=ds.protocol == "cuhk03")
