@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv eval_cylib test demo demo-qaconv bench clean distclean
+.PHONY: all venv eval_cylib test demo demo-qaconv bench tables clean distclean
 
 all: test
 
@@ -46,6 +46,13 @@ bench: eval_cylib
 	$(PYTHON) benchmarks/bench_eval.py --sizes market,msmt
 	$(PYTHON) benchmarks/bench_bot_train.py
 	$(PYTHON) benchmarks/bench_qaconv_matcher.py
+
+# Every method's paper table (<method>/paper_results.json) with our runs' figures beside it; TABLES_ARGS=--markdown
+# prints Markdown for the READMEs.
+TABLES_ARGS ?= --exp-dir exp
+
+tables: $(STAMP)
+	$(PYTHON) -m common.results $(TABLES_ARGS)
 
 clean:
 	rm -rf eval_cylib/build eval_cylib/*.c eval_cylib/*.so eval_cylib/*.html
