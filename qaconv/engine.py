@@ -67,7 +67,7 @@ def build_matcher(args, model: ResMap) -> QAConv:
 def build_criterion(args, matcher: QAConv, num_classes: int) -> torch.nn.Module:
     if args.loss == "class_memory":
         return ClassMemoryLoss(matcher, num_classes, matcher.num_features, matcher.height, matcher.width,
-                               args.mem_batch_size)
+                               args.mem_batch_size, version=args.version)
     if args.loss == "pairwise":
         return PairwiseMatchingLoss(matcher)
     return TripletLoss(matcher, args.margin)
@@ -170,7 +170,7 @@ def evaluate_sets(args, run: Run, model: ResMap, matcher: QAConv, label: str, da
             model, matcher, ds, args.height, args.width, run.device, fea_batch=args.test_fea_batch,
             workers=args.workers, amp=args.amp, progress=args.progress, prob_batch=args.test_prob_batch,
             gal_batch=args.test_gal_batch, dtype=matching_dtype(run.device, args.amp, args.test_dtype),
-            distance=test_distance_mode(args),
+            distance=test_distance_mode(args), version=args.version,
             do_rerank=args.do_rerank, do_tlift=args.do_tlift, tau=args.tau, sigma=args.sigma, K=args.tlift_k,
             alpha=args.alpha, use_cython=not args.no_cython, use_metric_cuhk03=ds.protocol == "cuhk03")
         out[key] = res

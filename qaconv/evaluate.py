@@ -220,6 +220,16 @@ def _maps_and_ids(x: Union[Features, torch.Tensor], records: Optional[Sequence[R
     return maps, np.asarray(pids, dtype=np.int64), np.asarray(cams, dtype=np.int64)
 
 
+def self_block_transposed(version: Optional[str]) -> bool:
+    """Whether a release builds the query-query and gallery-gallery blocks of the re-ranking matrix transposed.
+
+    1.0 / 1.1 computed ``qq[i, j]`` with image j as the kernel and image i as the convolved map, i.e. our
+    ``matcher(prob=j, gal=i)``; 1.2 and later (and the query-gallery block of every release) put the first
+    argument on the rows: ``qq[i, j] = matcher(prob=i, gal=j)``. The v1 matcher is not symmetric, so the two differ.
+    """
+    return version is not None and str(version) in ("1.0", "1.1")
+
+
 def evaluate_qaconv(matcher: nn.Module, query: Union[Features, torch.Tensor], gallery: Union[Features, torch.Tensor],
                     query_records: Optional[Sequence[Record]] = None,
                     gallery_records: Optional[Sequence[Record]] = None, *,
@@ -228,13 +238,14 @@ def evaluate_qaconv(matcher: nn.Module, query: Union[Features, torch.Tensor], ga
                     distance: str = "neg", do_rerank: bool = False, do_tlift: bool = False, k1: int = 20,
                     k2: int = 6, lambda_value: float = 0.3, tau: float = 100, sigma: float = 200, K: int = 10,
                     alpha: float = 0.2, use_cython: bool = True, use_metric_cuhk03: bool = False,
-                    progress: bool = False, return_dists: bool = False):
+                    progress: bool = False, return_dists: bool = False, version: Optional[str] = None):
     """Evaluate QAConv matching of query against gallery maps, optionally with re-ranking and TLift.
 
     Plain: dist = score_to_distance(pairwise_scores(query, gallery), distance) -> :func:`rank_metrics`.
     Re-ranking (``do_rerank``, or ``do_tlift`` with time stamps): qq and gg distances with QAConv too, the
-    (q+g)^2 matrix [[qq, qg], [qg^T, gg]], :func:`qaconv.rerank.k_reciprocal_rerank` (k1, k2, lambda) ->
-    keys with suffix ``_rerank``. TLift (``do_tlift`` and both time arrays given): score = 1 - re-ranked
+    (q+g)^2 matrix [[qq, qg], [qg^T, gg]] (for ``version`` 1.0 / 1.1 with qq and gg transposed, see
+    :func:`self_block_transposed`), :func:`qaconv.rerank.k_reciprocal_rerank` (k1, k2, lambda) -> keys with suffix
+    ``_rerank``. TLift (``do_tlift`` and both time arrays given): score = 1 - re-ranked
     distance, :func:`qaconv.tlift.tlift` with num_cams = max gallery camera + 1, distance = 1 - lifted score ->
     suffix ``_tlift``. ``do_tlift`` without time stamps warns and skips TLift (as the original, it then skips
     re-ranking too unless ``do_rerank``).
@@ -253,6 +264,8 @@ def evaluate_qaconv(matcher: nn.Module, query: Union[Features, torch.Tensor], ga
         use_cython, use_metric_cuhk03: options of the shared evaluator.
         progress: progress bars for the score computation.
         return_dists: also return the distance matrices.
+        version: the QAConv release (``args.version``); only the orientation of the re-ranking's qq and gg
+            blocks depends on it. None: as 1.2 and later.
     Returns:
         dict of floats (see :func:`rank_metrics`; keys with '', '_rerank', '_tlift' suffixes), and with
         ``return_dists`` a second dict with 'dist' (Q, G) and, when computed, 'dist_rerank', 'dist_tlift'
@@ -274,6 +287,8 @@ def evaluate_qaconv(matcher: nn.Module, query: Union[Features, torch.Tensor], ga
     if do_rerank or (do_tlift and has_times):
         qq = score_to_distance(pairwise_scores(matcher, q_maps, q_maps, **chunk), distance)
         gg = score_to_distance(pairwise_scores(matcher, g_maps, g_maps, **chunk), distance)
+        if self_block_transposed(version):
+            qq, gg = qq.t(), gg.t()
         full, num_q = full_distance_matrix(qq, dist, gg)
         del qq, gg
         dist_rerank = k_reciprocal_rerank(full, num_q, k1=k1, k2=k2, lambda_value=lambda_value)
