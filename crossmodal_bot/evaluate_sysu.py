@@ -2,9 +2,12 @@
 
 Protocol (camera ids 0-based as everywhere in this repo: SYSU camera k has camid k-1):
     * query: every IR image (cameras 3 and 6 -> camids 2, 5) of the test identities;
-    * gallery, per trial: for every identity and every allowed RGB camera (all-search: cameras 1, 2, 4, 5 ->
-      camids 0, 1, 3, 4; indoor-search: cameras 1, 2 -> camids 0, 1) ``shots`` images drawn at random without
-      replacement (single-shot 1, multi-shot 10; all of them when fewer); trial t uses seed t (t = 0..9);
+    * gallery, per trial t (t = 0..9), drawn as the standard Python protocol (mangye16's
+      ``process_gallery_sysu``), image for image: Python's ``random`` seeded with t, identities ascending, for
+      each the allowed RGB cameras ascending (all-search: cameras 1, 2, 4, 5 -> camids 0, 1, 3, 4; indoor-search:
+      cameras 1, 2 -> camids 0, 1), each (identity, camera) cell's files sorted, one ``random.choice`` per cell
+      (single-shot). Multi-shot (10): ``random.sample`` of 10 per cell from the same stream; a cell with fewer
+      than 10 images gives all of them (and consumes no draw);
     * a camera-3 query never sees camera-2 gallery images (same place). Following mangye16's ``eval_sysu``
       (Cross-Modal-Re-ID-baseline, eval_metrics.py, ``remove = (q_camid == 3) & (g_camids[order] == 2)``)
       *every* camera-2 gallery entry is removed for such a query, whatever its identity;
@@ -19,7 +22,8 @@ Reference:
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+import random
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -53,36 +57,48 @@ def pairwise_distance(qf, gf, metric: str = "euclidean") -> np.ndarray:
     return d.clamp(min=0).numpy()
 
 
-def sample_sysu_gallery(g_pids, g_camids, mode: str = "all", shots: int = 1, seed: int = 0) -> np.ndarray:
-    """Indices of one trial's gallery in the full RGB gallery.
+def sample_sysu_gallery(g_pids, g_camids, mode: str = "all", shots: int = 1, seed: int = 0,
+                        g_paths: Optional[Sequence[str]] = None) -> np.ndarray:
+    """Indices of one trial's gallery in the full RGB gallery, drawn as the standard Python protocol.
 
-    Identities are visited in increasing order, cameras in increasing order, candidates in their given order;
-    ``shots`` of each (identity, camera) group are drawn without replacement (all when fewer).
+    ``rng = random.Random(seed)`` (the same stream as ``random.seed(seed)``); identities ascending; for each, the
+    allowed cameras ascending; the cell's candidates sorted by file path (``g_paths``; without it, in their given
+    order, which is the sorted order for the SYSU-MM01 parser); single-shot: ``rng.choice(candidates)``;
+    ``shots > 1``: ``rng.sample(candidates, shots)``, or all candidates (no draw) when the cell has fewer.
 
     Args:
         g_pids: (G,) identities of the full gallery; g_camids: (G,) 0-based cameras.
         mode: ``'all'`` (camids 0, 1, 3, 4) or ``'indoor'`` (camids 0, 1).
         shots: images per identity and camera (1 single-shot, 10 multi-shot).
         seed: the trial number.
+        g_paths: (G,) file paths of the gallery images, to sort each cell by (optional).
     Returns:
-        (G',) int64 indices, sorted.
+        (G',) int64 indices in the protocol's gallery order: cell by cell (identity, then camera), the drawn
+        images of a multi-shot cell in increasing index order.
     """
     if mode not in SYSU_GALLERY_CAMIDS:
         raise ValueError(f"mode must be 'all' or 'indoor', got {mode!r}")
     g_pids, g_camids = _as_numpy(g_pids), _as_numpy(g_camids)
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for pid in np.unique(g_pids):
+    if g_paths is not None and len(g_paths) != len(g_pids):
+        raise ValueError(f"g_paths has {len(g_paths)} entries for {len(g_pids)} gallery images")
+    rng = random.Random(seed)
+    chosen: List[int] = []
+    for pid in sorted(set(g_pids.tolist())):
         for cam in SYSU_GALLERY_CAMIDS[mode]:
-            cand = np.flatnonzero((g_pids == pid) & (g_camids == cam))
-            if len(cand) == 0:
+            cand = np.flatnonzero((g_pids == pid) & (g_camids == cam)).tolist()
+            if not cand:
                 continue
-            chosen.append(cand if len(cand) <= shots else rng.choice(cand, size=shots, replace=False))
-    return np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros(0, dtype=np.int64)
+            if g_paths is not None:
+                cand = sorted(cand, key=lambda i: str(g_paths[i]))
+            if shots == 1:
+                chosen.append(rng.choice(cand))
+            else:
+                chosen.extend(sorted(cand) if len(cand) <= shots else sorted(rng.sample(cand, shots)))
+    return np.asarray(chosen, dtype=np.int64)
 
 
 def sysu_trial_view(distmat: np.ndarray, q_camids, g_pids, g_camids, mode: str = "all", shots: int = 1,
-                    seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+                    seed: int = 0, g_paths: Optional[Sequence[str]] = None) -> Tuple[np.ndarray, np.ndarray]:
     """What one trial ranks: its sampled gallery columns, with the camera rule written into the distances.
 
     For ranked-list pictures, which rank a distance matrix as given: a camera-3 query's distance to every
@@ -91,12 +107,12 @@ def sysu_trial_view(distmat: np.ndarray, q_camids, g_pids, g_camids, mode: str =
 
     Args:
         distmat: (Q, G) distances to the FULL RGB gallery; q_camids: (Q,); g_pids, g_camids: (G,) (0-based).
-        mode, shots, seed: as :func:`sample_sysu_gallery` (trial ``seed``).
+        mode, shots, seed, g_paths: as :func:`sample_sysu_gallery` (trial ``seed``).
     Returns:
         (distances (Q, G') float64 with ``inf`` on the excluded pairs, cols (G',) int64 indices into the gallery).
     """
     q_camids, g_camids = _as_numpy(q_camids), _as_numpy(g_camids)
-    cols = sample_sysu_gallery(g_pids, g_camids, mode, shots, seed)
+    cols = sample_sysu_gallery(g_pids, g_camids, mode, shots, seed, g_paths)
     view = np.asarray(distmat, dtype=np.float64)[:, cols].copy()
     view[np.ix_(q_camids == _RULE_QUERY_CAMID, g_camids[cols] == _RULE_GALLERY_CAMID)] = np.inf
     return view, cols
@@ -151,7 +167,7 @@ def _summary(res: Dict) -> Dict:
 
 def evaluate_sysu(q_feats, q_pids, q_camids, g_feats, g_pids, g_camids, mode: str = "all", shots: int = 1,
                   trials: int = 10, metric: str = "euclidean", max_rank: int = 20,
-                  seeds: Optional[Sequence[int]] = None) -> Dict:
+                  seeds: Optional[Sequence[int]] = None, g_paths: Optional[Sequence[str]] = None) -> Dict:
     """The full SYSU-MM01 test: ``trials`` sampled galleries (seeds 0..trials-1), figures averaged.
 
     The distances to the full gallery are computed once; each trial ranks its sampled columns.
@@ -163,6 +179,8 @@ def evaluate_sysu(q_feats, q_pids, q_camids, g_feats, g_pids, g_camids, mode: st
         metric: ``'euclidean'`` or ``'cosine'`` (features are used as given; normalise them beforehand for
             BoT's FEAT_NORM).
         seeds: explicit trial seeds (default ``range(trials)``).
+        g_paths: (G,) gallery file paths, to sort each (identity, camera) cell by before the draw (see
+            :func:`sample_sysu_gallery`; without it the given order, sorted for the SYSU-MM01 parser).
     Returns:
         dict of fractions in [0, 1]: ``rank1``, ``rank5``, ``rank10``, ``rank20``, ``mAP``, ``mINP`` (means over
         the trials), ``cmc`` (list, mean curve), ``trials`` (list of per-trial dicts with the same keys plus
@@ -173,7 +191,7 @@ def evaluate_sysu(q_feats, q_pids, q_camids, g_feats, g_pids, g_camids, mode: st
     seeds = list(range(trials)) if seeds is None else list(seeds)
     per_trial, cmcs = [], []
     for seed in seeds:
-        cols = sample_sysu_gallery(g_pids, g_camids, mode, shots, seed)
+        cols = sample_sysu_gallery(g_pids, g_camids, mode, shots, seed, g_paths)
         res = eval_sysu(distmat[:, cols], q_pids, g_pids[cols], q_camids, g_camids[cols], max_rank)
         cmcs.append(res["cmc"])
         per_trial.append(dict(_summary(res), seed=int(seed), gallery_size=int(len(cols))))

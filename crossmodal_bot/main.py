@@ -60,6 +60,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="center loss weight (official code: 5e-4; off as in the re-implementation)")
     g.add_argument("--center-lr", dest="center_lr", type=float, default=0.5)
     g.add_argument("--last-stride", "--last_stride", dest="last_stride", type=int, default=1)
+    g.add_argument("--stem-relu", dest="stem_relu", action=argparse.BooleanOptionalAction, default=False,
+                   help="ReLU after the stem BN (the standard ResNet stem); off by default, as both originals' "
+                        "released code (conv1 -> bn1 -> maxpool), which produced every published number")
     g.add_argument("--neck", choices=["bnneck", "no"], default="bnneck")
     g.add_argument("--neck-feat", "--neck_feat", dest="neck_feat", choices=["after", "before"], default="after")
     g.add_argument("--random-erase", dest="random_erase", type=float, default=0.5, help="random erasing probability")
@@ -87,6 +90,10 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--sysu-mode", dest="sysu_mode", choices=["all", "indoor"], default="all")
     g.add_argument("--sysu-shots", dest="sysu_shots", type=int, choices=[1, 10], default=1)
     g.add_argument("--sysu-trials", dest="sysu_trials", type=int, default=10)
+    g.add_argument("--sysu-epoch", dest="sysu_epoch", choices=["images", "identities"], default="images",
+                   help="SYSU-MM01 epoch length: 'images' = max(#RGB, #IR) // (P * K/2) + 1 batches, as the "
+                        "cross-modal baseline (696 with the defaults); 'identities' = one pass over the "
+                        "identities (24 batches), our earlier definition")
     parser.set_defaults(arch="resnet50", height=256, width=128, batch_size=64, lr=3.5e-4, epochs=120)
     return parser
 

@@ -26,13 +26,19 @@ class ResNetBackbone(nn.Module):
 
     Parameter names are torchvision's (``conv1.weight``, ``layer4.0.downsample.0.weight``, ...).
 
+    Args:
+        net: the torchvision ResNet whose modules are taken.
+        stem_relu: apply the ReLU after the stem BN. False (default) is the released BoT code of both originals
+            (michuanhaohao/reid-strong-baseline and the re-implementation): conv1 -> bn1 -> maxpool, no ReLU, the
+            way every published number was produced; True is the standard ResNet stem.
     Attributes:
         out_channels: channels C of the output map (512 for resnet18/34, 2048 for resnet50/101).
         pretrained_info: ``{'path', 'missing', 'unexpected'}`` of the loaded weights, or None.
     """
 
-    def __init__(self, net: torchvision.models.ResNet):
+    def __init__(self, net: torchvision.models.ResNet, stem_relu: bool = False):
         super().__init__()
+        self.stem_relu = bool(stem_relu)
         for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
             setattr(self, name, getattr(net, name))
         self.out_channels = net.fc.in_features
@@ -40,7 +46,10 @@ class ResNetBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x (N, 3, H, W). Returns: (N, C, H/32, W/32), or (N, C, H/16, W/16) with last stride 1."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.bn1(self.conv1(x))
+        if self.stem_relu:
+            x = self.relu(x)
+        x = self.maxpool(x)
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
@@ -53,7 +62,7 @@ def set_last_stride(net: nn.Module, stride: int) -> None:
 
 
 def build_backbone(arch: str = "resnet50", last_stride: int = 1, pretrained: bool = True,
-                   pretrained_path: str = "") -> ResNetBackbone:
+                   pretrained_path: str = "", stem_relu: bool = False) -> ResNetBackbone:
     """Build a torchvision ResNet (``weights=None``) and optionally load ImageNet weights from disk.
 
     Args:
@@ -62,6 +71,7 @@ def build_backbone(arch: str = "resnet50", last_stride: int = 1, pretrained: boo
         pretrained: load ImageNet weights (from ``pretrained_path``, else torchvision's cache); the ``fc.*`` keys
             are dropped; missing/unexpected keys are printed and kept in ``backbone.pretrained_info``.
         pretrained_path: explicit weight file (a state dict, possibly under ``'state_dict'``).
+        stem_relu: ReLU after the stem BN (False: the released BoT code; see :class:`ResNetBackbone`).
     Returns:
         :class:`ResNetBackbone` mapping (N, 3, H, W) to (N, C, H/16, W/16) for last stride 1.
     Raises:
@@ -74,7 +84,7 @@ def build_backbone(arch: str = "resnet50", last_stride: int = 1, pretrained: boo
     if pretrained or pretrained_path:
         info = load_backbone_weights(net, find_weights(arch, pretrained_path), arch, strict=False, drop_fc=True)
     set_last_stride(net, last_stride)
-    backbone = ResNetBackbone(net)
+    backbone = ResNetBackbone(net, stem_relu=stem_relu)
     backbone.pretrained_info = info
     return backbone
 
@@ -113,6 +123,8 @@ class Baseline(nn.Module):
             ``'no'`` (classifier with bias and PyTorch's default init on f_t, as the original offers).
         neck_feat: test feature, ``'after'`` (f_i) or ``'before'`` (f_t) the neck.
         pretrained / pretrained_path: ImageNet initialisation, see :func:`build_backbone`.
+        stem_relu: ReLU after the stem BN; False (default) as both originals' released code, True for the
+            standard ResNet stem (see :class:`ResNetBackbone`).
     Shapes:
         train mode: (N, 3, H, W) -> (logits (N, num_classes), f_t (N, C)).
         eval mode: (N, 3, H, W) -> test feature (N, C), unnormalised.
@@ -122,13 +134,14 @@ class Baseline(nn.Module):
     """
 
     def __init__(self, num_classes: int, arch: str = "resnet50", last_stride: int = 1, neck: str = "bnneck",
-                 neck_feat: str = "after", pretrained: bool = True, pretrained_path: str = ""):
+                 neck_feat: str = "after", pretrained: bool = True, pretrained_path: str = "",
+                 stem_relu: bool = False):
         super().__init__()
         if neck not in ("bnneck", "no"):
             raise ValueError(f"neck must be 'bnneck' or 'no', got {neck!r}")
         if neck_feat not in ("after", "before"):
             raise ValueError(f"neck_feat must be 'after' or 'before', got {neck_feat!r}")
-        self.base = build_backbone(arch, last_stride, pretrained, pretrained_path)
+        self.base = build_backbone(arch, last_stride, pretrained, pretrained_path, stem_relu=stem_relu)
         self.feat_dim = self.in_planes = self.base.out_channels
         self.num_classes, self.neck, self.neck_feat = num_classes, neck, neck_feat
         self.gap = nn.AdaptiveAvgPool2d(1)

@@ -48,7 +48,7 @@ def load_dataset(args, key: str, verbose: bool = True):
 def build_model(args, num_classes: int, pretrained: Optional[bool] = None) -> Baseline:
     return Baseline(num_classes, arch=args.arch, last_stride=args.last_stride, neck=args.neck,
                     neck_feat=args.neck_feat, pretrained=args.pretrained if pretrained is None else pretrained,
-                    pretrained_path=args.pretrained_path)
+                    pretrained_path=args.pretrained_path, stem_relu=getattr(args, "stem_relu", False))
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints

@@ -56,9 +56,12 @@ class WarmupMultiStepLR(LRScheduler):
 
     Calling convention: ``step()`` once after each epoch, so 0-based epoch ``e`` trains at ``lr(e)``: epoch 0 at
     ``0.01 * base``, epoch 9 at ``0.901 * base``, epochs 10-39 at ``base``, 40-69 at ``0.1 * base``, 70+ at
-    ``0.01 * base``. Note: the original (PyTorch < 1.1 and an ignite ``EPOCH_STARTED`` hook calling ``step()``)
-    trained 0-based epoch ``e`` at ``lr(e + 1)``, i.e. one epoch earlier on the same curve (first epoch at
-    ``0.109 * base``, decay from 0-based epoch 39); we keep the formula and the modern calling order.
+    ``0.01 * base``. This is exactly the official code's curve as released: it calls ``step()`` in an ignite
+    ``EPOCH_STARTED`` hook on PyTorch < 1.1, whose scheduler constructor set ``lr(0)`` and then reset
+    ``last_epoch`` to -1, so the first hook call lands on ``lr(0)`` again and epoch ``e`` trains at ``lr(e)``.
+    (Run unchanged on current PyTorch, whose constructor already counts as the first step, that code would be one
+    epoch ahead: epoch ``e`` at ``lr(e + 1)``. The re-implementation calls ``step(e)`` before epoch ``e``: same
+    curve as ours.)
 
     Args:
         optimizer: wrapped optimizer (``base_lrs`` are its groups' initial lrs).

@@ -1,4 +1,5 @@
-"""CrossModalityIdentitySampler: P x K batches, half RGB half IR per identity, determinism."""
+"""CrossModalityIdentitySampler: P x K batches, half RGB half IR per identity, determinism (the identity-pass epoch,
+``epoch_length='identities'``; the default image-count epoch is tested in test_fidelity.py)."""
 import unittest
 
 import numpy as np
@@ -23,7 +24,7 @@ class TestSampler(unittest.TestCase):
     def setUp(self):
         self.pids, self.cams = records()
         self.sampler = CrossModalityIdentitySampler(self.pids, self.cams, batch_size=8, num_instances=4,
-                                                    is_infrared=IR, seed=0)
+                                                    is_infrared=IR, seed=0, epoch_length="identities")
 
     def batches(self, sampler):
         idx = list(sampler)
@@ -52,7 +53,8 @@ class TestSampler(unittest.TestCase):
         self.assertEqual(sorted(seen), list(range(6)))  # every identity once per epoch
 
     def test_determinism_and_epochs(self):
-        other = CrossModalityIdentitySampler(self.pids, self.cams, 8, 4, is_infrared=lambda c: c in IR, seed=0)
+        other = CrossModalityIdentitySampler(self.pids, self.cams, 8, 4, is_infrared=lambda c: c in IR, seed=0,
+                                             epoch_length="identities")
         self.assertEqual(list(self.sampler), list(other))  # same seed; a callable works like the set
         epoch0 = list(self.sampler)
         self.sampler.set_epoch(1)
@@ -60,11 +62,13 @@ class TestSampler(unittest.TestCase):
         self.assertNotEqual(epoch0, epoch1)
         self.sampler.set_epoch(0)
         self.assertEqual(list(self.sampler), epoch0)
-        shifted = CrossModalityIdentitySampler(self.pids, self.cams, 8, 4, is_infrared=IR, seed=1)
+        shifted = CrossModalityIdentitySampler(self.pids, self.cams, 8, 4, is_infrared=IR, seed=1,
+                                               epoch_length="identities")
         self.assertNotEqual(list(shifted), epoch0)
 
     def test_incomplete_group_dropped_and_errors(self):
-        s = CrossModalityIdentitySampler(self.pids, self.cams, batch_size=16, num_instances=4, is_infrared=IR)
+        s = CrossModalityIdentitySampler(self.pids, self.cams, batch_size=16, num_instances=4, is_infrared=IR,
+                                         epoch_length="identities")
         self.assertEqual(len(s), 16)  # P = 4 of 6 ids; the remaining 2 wait for the next epoch
         self.assertEqual(len(list(s)), 16)
         with self.assertRaises(ValueError):
