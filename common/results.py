@@ -255,7 +255,9 @@ def render(built, markdown: bool = False, root: str = ROOT) -> str:
             lines.append("")
         if footnotes:
             for n, r, cmd in footnotes:
-                rel = os.path.relpath(r.path, root) if os.path.isabs(r.path) else r.path
+                inside = os.path.isabs(r.path) and os.path.commonpath([os.path.abspath(root), r.path]) == \
+                    os.path.abspath(root)
+                rel = os.path.relpath(r.path, root) if inside else r.path
                 if markdown:
                     lines.append(f"[{n}] {r.date}: `{cmd}` (run folder `{rel}`)  ")
                 else:

@@ -110,9 +110,9 @@ class FakeTree(unittest.TestCase):
             "  market -> duke: 40.0 / 20.0 [3]",
             "",
             "[1] 2026-11-25  torchrun --nproc_per_node=2 " + script + " --dataset market --run-name 'new run'  "
-            "(../exp/toy/market/new)",
-            "[2] 2026-11-22  python " + script + " --dataset duke  (../exp/toy/duke/d)",
-            "[3] 2026-11-21  python " + script + " --version 1  (../exp/toy/market/v1)",
+            f"({self.exp}/toy/market/new)",
+            "[2] 2026-11-22  python " + script + " --dataset duke  (" + self.exp + "/toy/duke/d)",
+            "[3] 2026-11-21  python " + script + " --version 1  (" + self.exp + "/toy/market/v1)",
         ]) + "\n"
         self.assertEqual(self.text(), expected)
 
@@ -123,7 +123,7 @@ class FakeTree(unittest.TestCase):
                       "| market | v2 + RR | 60.0 / - (ours 61.1 / - [1]) | - | - |\n"
                       "| duke | v2 | - | - | - / 40.0 (ours - / 45.7 [2]) |\n"
                       "| market | other method | 70.0 / - | - | - |\n", out)
-        self.assertIn("[2] 2026-11-22: `python toy/main.py --dataset duke` (run folder `../exp/toy/duke/d`)", out)
+        self.assertIn(f"[2] 2026-11-22: `python toy/main.py --dataset duke` (run folder `{self.exp}/toy/duke/d`)", out)
         self.assertTrue(out.startswith("## toy\n"))
 
     def test_newest_run_wins_and_mismatch_is_excluded(self):
@@ -132,6 +132,12 @@ class FakeTree(unittest.TestCase):
         self.assertEqual(tables[0].cells[("market", "v2", "duke")], ("50.0 / 30.0", "52.3 / 31.2 [1]"))
         self.assertEqual([os.path.basename(r.path) for _, r, _ in footnotes], ["new", "d", "v1"])
         self.assertEqual([(os.path.basename(r.path), t) for r, t, _, _ in others], [("v1", "duke")])
+
+    def test_run_folder_inside_the_repository_is_relative(self):
+        run = R.RunRecord(os.path.join(self.root, "exp", "toy", "market", "r"), "toy", "market", {"version": "2"},
+                          [os.path.join(self.root, "toy", "main.py")], {"duke": {"rank1": 0.5}}, "2026-11-02", 1.0)
+        text = R.render(R.build_tables(R.load_paper_tables(self.root), [run], self.root), False, self.root)
+        self.assertIn("[1] 2026-11-02  python toy/main.py  (exp/toy/market/r)", text)
 
     def test_fraction_unit(self):
         paper = {"bot": {"method": "bot", "unit": "fraction", "metrics": ["rank1", "mAP"], "entries": [
