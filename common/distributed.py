@@ -26,10 +26,8 @@ positive); (2) BoT's modality balance (K/2 RGB + K/2 IR per identity) stays inta
 are contiguous, so concatenating them in rank order (what :func:`gather_with_grad` does) is the global batch in the
 single-process order, and a loss on it is bit-for-bit the single-process loss.
 
-**Feature extraction.** Each rank extracts the contiguous shard :func:`shard_range` of the image list (aligned
-to the loader's batch size for bit-identical figures);
-:func:`gather_features` returns, on every rank, the features in the dataset's order (uneven shards handled),
-identical to one process.
+**Feature extraction.** Each rank extracts the contiguous shard :func:`shard_range` of the image list (aligned to
+the loader's batch size: bit-identical); :func:`gather_features` returns them in the dataset's order on every rank.
 """
 from __future__ import annotations
 
@@ -44,6 +42,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from common.checkpoint import rng_state, set_rng_state
 from common.data.samplers import extract_pids, mix_seed
 from common.env import seed_everything, select_device
 from common.errors import ReidError
@@ -64,14 +63,6 @@ class DistContext:
         return self.world_size > 1
 
 
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        raise ReidError(f"environment variable {name}={os.environ.get(name)!r} is not an integer",
-                        fix="launch with torchrun, which sets RANK, LOCAL_RANK and WORLD_SIZE")
-
-
 def init_distributed(device: str = "auto", backend: Optional[str] = None, timeout_s: int = 1800) -> DistContext:
     """Join the process group torchrun describes; a no-op (world size 1) without torchrun.
 
@@ -83,13 +74,10 @@ def init_distributed(device: str = "auto", backend: Optional[str] = None, timeou
     Returns:
         the :class:`DistContext` (also after a second call).
     """
-    world = _env_int("WORLD_SIZE", 1)
+    world = int(os.environ.get("WORLD_SIZE", 1))
     if world <= 1:
         return DistContext(device=select_device(device))
-    rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
-    if not dist.is_available():
-        raise ReidError("WORLD_SIZE > 1 but this torch build has no torch.distributed",
-                        fix="run one process (python <method>/main.py), or install a torch build with distributed")
+    rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
         raise ReidError(f"WORLD_SIZE={world} is set but MASTER_ADDR / MASTER_PORT are not",
                         fix="launch with torchrun --nproc_per_node N <method>/main.py ..., which sets them all")
@@ -170,17 +158,24 @@ def seed_rank(seed: int, deterministic: bool = False) -> int:
 
 
 def check_world_size(saved: Optional[int], what: str = "this checkpoint") -> None:
-    """Stop a resume whose world size differs from the one that wrote ``what`` (per-rank RNG states, shards).
-
-    Args:
-        saved: the world size stored in the checkpoint (None: written before this module; treated as 1).
-    """
+    """ReidError when resuming ``what``, written by ``saved`` processes (None: 1), with another world size."""
     now, saved = get_world_size(), int(saved or 1)
     if saved != now:
         raise ReidError(f"{what} was written by {saved} process(es), this run has {now}; an exact resume needs "
                         f"the same world size (each rank's random state and batch share depend on it)",
                         fix=f"resume with torchrun --nproc_per_node {saved} (or python alone when it is 1), "
                             f"or start a new run (--no-auto-resume / another --run-name)")
+
+
+def gather_rng_states() -> List[Any]:
+    """Every rank's ``common.checkpoint.rng_state()`` (rank order): what rank 0 saves for an exact resume."""
+    return all_gather_objects(rng_state())
+
+
+def restore_rng_states(states: Sequence[Any], what: str = "this checkpoint") -> None:
+    """Set this rank's random state from :func:`gather_rng_states`'s list (same world size, else ReidError)."""
+    check_world_size(len(states), what)
+    set_rng_state(states[get_rank()])
 
 
 # ----------------------------------------------------------------------------------------------- batches
@@ -391,14 +386,16 @@ def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def gather_rows(x: torch.Tensor, chunk_rows: int = 4096) -> torch.Tensor:
-    """Every rank's ``x`` (n_r, ...) concatenated in rank order, on every rank (CPU; uneven n_r allowed).
+def gather_rows(x: torch.Tensor, chunk_rows: int = 4096, dim: int = 0) -> torch.Tensor:
+    """Every rank's ``x`` concatenated along ``dim`` (0 or 1) in rank order, on every rank (CPU; uneven sizes).
 
-    Rows travel ``chunk_rows`` at a time (padded to the longest shard), so the transient buffers stay small.
-    Alone: ``x`` itself.
+    ``dim=1``: e.g. each rank's (Q, G_r) distances to its gallery block -> (Q, G). Rows travel ``chunk_rows`` at a
+    time, padded to the longest shard, so the transient buffers stay small. Alone: ``x`` itself.
     """
     if not is_distributed():
         return x
+    if dim == 1:
+        return gather_rows(x.transpose(0, 1).contiguous(), chunk_rows).transpose(0, 1).contiguous()
     dev, world = _comm_device(), get_world_size()
     sizes = [int(s) for s in all_gather_objects(int(x.shape[0]))]
     tail = tuple(x.shape[1:])

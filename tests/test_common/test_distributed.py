@@ -72,14 +72,25 @@ def global_batches(epoch=0, batch=P * K, k=K):
     return BatchSampler(sampler, batch, drop_last=True)
 
 
-def train(device="cpu"):
-    """STEPS steps on the rank's share (alone: the whole batch); returns the unwrapped model's state_dict."""
+def train(device="cpu", sync_bn=True):
+    """STEPS steps on the rank's share (alone: the whole batch); returns the unwrapped model's state_dict.
+
+    ``sync_bn=False``: both BatchNorms in eval mode (frozen statistics, as QAConv 2.x's backbone).
+    """
     torch.manual_seed(0)
-    model = D.wrap_ddp(Tiny().to(device), device, sync_bn=True)
+    model = Tiny().to(device)
+    if not sync_bn:
+        with torch.no_grad():
+            model(torch.randn(16, 3, 16, 8) + 0.5)  # non-trivial frozen statistics
+    model = D.wrap_ddp(model, device, sync_bn=sync_bn)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     images, pids = train_images()
     split = D.DistributedBatchSampler(global_batches(), K, pids=TRAIN_PIDS)
     model.train()
+    if not sync_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     for step, idx in enumerate(split):
         if step == STEPS:
             break
@@ -132,6 +143,16 @@ def worker(out_dir):
     feats = extract(make_test_images(), align=1, chunk_rows=3)  # shards 7 + 6, gathered 3 rows at a time
     out["features_unaligned"] = (feats.feats, feats.pids, feats.camids, feats.indices)
     out["state"] = train()
+    out["state_frozen_bn"] = train(sync_bn=False)
+    q, g = torch.randn(5, 4, generator=torch.Generator().manual_seed(3)), torch.randn(
+        11, 4, generator=torch.Generator().manual_seed(4))
+    block = g[list(D.shard_range(len(g)))]  # this rank's gallery block (6 + 5)
+    out["dist_by_gallery_blocks"] = D.gather_rows(((q[:, None] - block[None]) ** 2).sum(-1), chunk_rows=2, dim=1)
+    D.seed_rank(11)
+    states = D.gather_rng_states()
+    first = (torch.rand(3), np.random.rand(2))
+    D.restore_rng_states(states)
+    out["rng"] = (first, (torch.rand(3), np.random.rand(2)), len(states))
     D.barrier()
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     D.destroy_distributed()
@@ -211,6 +232,31 @@ class TwoProcesses(unittest.TestCase):
         moved = max((ref[k] - init[k]).abs().max().item() for k in ("conv.weight", "fc.weight", "bn.running_var"))
         self.assertGreater(moved, 1e-2)
         self.assertEqual(int(ref["bn.num_batches_tracked"]), STEPS)
+
+
+    def test_ddp_frozen_bn_equals_one_process(self):
+        ref = train(sync_bn=False)
+        for o in self.out:
+            for key, v in ref.items():
+                self.assertLess((o["state_frozen_bn"][key].double() - v.double()).abs().max().item(), 1e-5, key)
+        self.assertEqual(int(ref["bn.num_batches_tracked"]), 1)  # the one statistics pass before training
+
+    def test_gallery_blocks_gather_to_the_full_matrix(self):
+        q, g = torch.randn(5, 4, generator=torch.Generator().manual_seed(3)), torch.randn(
+            11, 4, generator=torch.Generator().manual_seed(4))
+        full = ((q[:, None] - g[None]) ** 2).sum(-1)
+        for o in self.out:
+            self.assertTrue(torch.equal(o["dist_by_gallery_blocks"], full))
+
+    def test_per_rank_rng_states_restore(self):
+        for o in self.out:
+            (t1, n1), (t2, n2), count = o["rng"]
+            self.assertEqual(count, WORLD)
+            self.assertTrue(torch.equal(t1, t2))
+            np.testing.assert_array_equal(n1, n2)
+        self.assertFalse(torch.equal(self.out[0]["rng"][0][0], self.out[1]["rng"][0][0]))  # per-rank seeds
+        torch.manual_seed(11)  # rank 0 uses the single-process seed
+        self.assertTrue(torch.equal(self.out[0]["rng"][0][0], torch.rand(3)))
 
 
 class SingleProcess(unittest.TestCase):
