@@ -1,0 +1,48 @@
+"""SAN evaluation as the release: test feature v (eval mode, not normalised), squared Euclidean distance,
+Market-style CMC / mAP (or the CUHK03 classic metric with ``--use-metric-cuhk03``); no flip, no re-ranking.
+The release also ran the decoder on query batches and wrote textures into the save folder: we do not."""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from common.data.loaders import build_test_loader
+from common.datasets.base import ReidDataset, records_arrays
+from common.eval.distance import compute_distmat
+from common.eval.features import extract_features
+from common.eval.rank import evaluate_rank
+
+
+def _v(model, images):
+    return model(images)[0]  # eval mode: (v, f, x_down1, x_down2, x_down3)
+
+
+def extract(model, records, args, device, desc: str) -> torch.Tensor:
+    """(N, D) features v of ``records``."""
+    loader = build_test_loader(records, args.height, args.width, batch_size=args.test_batch_size,
+                               workers=args.workers)
+    return extract_features(model, loader, device, forward_fn=_v, progress=args.progress, desc=desc).feats
+
+
+def evaluate_features(qf, gf, dataset: ReidDataset, use_metric_cuhk03: bool = False, use_cython: bool = True) -> Dict:
+    q_pids, q_cams, _ = records_arrays(dataset.query)
+    g_pids, g_cams, _ = records_arrays(dataset.gallery)
+    distmat = compute_distmat(qf, gf, metric="euclidean")
+    return evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams, use_metric_cuhk03=use_metric_cuhk03,
+                         use_cython=use_cython)
+
+
+def evaluate_model(model, dataset: ReidDataset, args, device) -> Dict:
+    """Rank-1/5/10/20, mAP, mINP of ``model`` (a :class:`san.model.SAEncoder`) on ``dataset``."""
+    qf = extract(model, dataset.query, args, device, f"{dataset.name} query")
+    gf = extract(model, dataset.gallery, args, device, f"{dataset.name} gallery")
+    return evaluate_features(qf, gf, dataset, args.use_metric_cuhk03, not args.no_cython)
+
+
+def evaluate_histogram(dataset: ReidDataset, args) -> Dict:
+    """The colour-histogram reference on the same split."""
+    from common.eval.histogram import histogram_features
+    qf = torch.from_numpy(histogram_features([r.img_path for r in dataset.query]))
+    gf = torch.from_numpy(histogram_features([r.img_path for r in dataset.gallery]))
+    return evaluate_features(qf, gf, dataset, args.use_metric_cuhk03, not args.no_cython)
