@@ -1,16 +1,25 @@
-"""Time ``evaluate_rank`` with the Cython and NumPy backends on Market-1501- and MSMT17-sized problems.
+"""Time ``evaluate_rank`` (Cython and NumPy) on feature-like and uniform distances, as ratios in one run.
 
-Synthetic, feature-like distance matrices (squared Euclidean distances between noisy identity centres with a
-camera bias, some distractors with pid 0) are built with a fixed seed; both backends evaluate the same
-matrix, and the figures they report must agree exactly.
+Two kinds of distance matrix share the same seeded identities and cameras (Market-1501- and MSMT17-sized):
+*feature-like* distances (squared Euclidean distances between noisy identity centres with a camera bias, some
+distractors with pid 0; a good model), and i.i.d. *uniform* distances in [0, 1) (a weak ranking, as a
+cross-domain model gives: nearly the whole gallery ranks before a query's last true match). The timed runs
+are interleaved (for each repeat: every distance kind, then every backend) and the median is reported, so
+the ratios compare runs made under the same load. Both backends must report bit-identical figures.
+
+Reported ratios: NumPy / Cython for each matrix, and uniform / feature-like for each backend. The last
+column times a chunked stable argsort of every row alone (``ranked_chunks``: what the NumPy backend did
+before it stopped sorting), once, after the backends.
 
 Usage:
     python benchmarks/bench_eval.py [--sizes market,msmt] [--max-queries N] [--repeat R] [--protocol market]
+        [--distances feature,uniform] [--no-argsort]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -24,11 +33,12 @@ SIZES = {
     "market": dict(num_query=3368, num_gallery=15913, num_ids=751, num_cams=6),
     "msmt": dict(num_query=11659, num_gallery=82161, num_ids=3060, num_cams=15),
 }
+DISTANCES = ("feature", "uniform")
 
 
 def make_problem(num_query, num_gallery, num_ids, num_cams, max_queries=None, seed=0, dim=64,
                  distractor_frac=0.1):
-    """Synthetic re-ID problem.
+    """Synthetic re-ID problem with feature-like distances.
 
     Args:
         num_query, num_gallery, num_ids, num_cams (int): problem size.
@@ -68,14 +78,13 @@ def make_problem(num_query, num_gallery, num_ids, num_cams, max_queries=None, se
     return distmat, q_pids, g_pids, q_cams, g_cams
 
 
-def timed(fn, repeat):
-    """Best wall time over ``repeat`` calls and the last result."""
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+def uniform_distances(shape, seed=0):
+    """(num_query, num_gallery) float32 i.i.d. uniform [0, 1) distances (a weak ranking)."""
+    rng = np.random.default_rng(seed + 1)
+    out = np.empty(shape, dtype=np.float32)
+    for s in range(0, shape[0], 512):
+        rng.random(out=out[s:s + 512], dtype=np.float32)
+    return out
 
 
 def agree(a, b):
@@ -89,14 +98,37 @@ def agree(a, b):
     return f"NO ({diff:.2e})"
 
 
+def time_interleaved(matrices, ids, backends, repeat, **kw):
+    """Median wall time of every (distance kind, backend) pair over ``repeat`` interleaved rounds.
+
+    Returns:
+        times {(kind, backend): seconds}, results {(kind, backend): evaluate_rank output}.
+    """
+    samples, results = {}, {}
+    for _ in range(repeat):
+        for kind, distmat in matrices.items():
+            for backend in backends:
+                t0 = time.perf_counter()
+                results[kind, backend] = evaluate_rank(distmat, *ids, use_cython=backend == "cython", **kw)
+                samples.setdefault((kind, backend), []).append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in samples.items()}, results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="market,msmt", help="comma-separated subset of " + ",".join(SIZES))
+    parser.add_argument("--distances", default=",".join(DISTANCES), help="comma-separated subset of "
+                        + ",".join(DISTANCES))
     parser.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N queries")
-    parser.add_argument("--repeat", type=int, default=1, help="timed runs per backend (best is kept)")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved timed rounds (the median is kept)")
     parser.add_argument("--protocol", choices=("market", "cuhk03"), default="market")
+    parser.add_argument("--no-argsort", action="store_true", help="skip timing the stable argsort alone")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    kinds = [k.strip() for k in args.distances.split(",") if k.strip()]
+    if not kinds or any(k not in DISTANCES for k in kinds):
+        parser.error(f"--distances: choose from {DISTANCES}")
+    backends = ("cython", "numpy") if IS_CYTHON_AVAILABLE else ("numpy",)
     if not IS_CYTHON_AVAILABLE:
         print("Cython evaluator not built (make eval_cylib): timing the NumPy backend only.")
     rows, failed = [], False
@@ -104,28 +136,38 @@ def main(argv=None):
         if name not in SIZES:
             parser.error(f"unknown size {name!r}; choose from {sorted(SIZES)}")
         t0 = time.perf_counter()
-        problem = make_problem(**SIZES[name], max_queries=args.max_queries, seed=args.seed)
-        print(f"[{name}] built {problem[0].shape[0]} x {problem[0].shape[1]} distmat "
+        distmat, *ids = make_problem(**SIZES[name], max_queries=args.max_queries, seed=args.seed)
+        matrices = {"feature": distmat, "uniform": uniform_distances(distmat.shape, args.seed)}
+        matrices = {k: matrices[k] for k in kinds}
+        print(f"[{name}] built {len(matrices)} x {distmat.shape[0]} x {distmat.shape[1]} distance matrices "
               f"in {time.perf_counter() - t0:.1f} s", flush=True)
         kw = dict(max_rank=50, use_metric_cuhk03=args.protocol == "cuhk03")
-        t_np, r_np = timed(lambda: evaluate_rank(*problem, use_cython=False, **kw), args.repeat)
-        t_cy, r_cy = (timed(lambda: evaluate_rank(*problem, use_cython=True, **kw), args.repeat)
-                      if IS_CYTHON_AVAILABLE else (float("nan"), None))
-        # the NumPy backend's chunked stable argsort alone, timed after the backends (warm caches)
-        t_sort, _ = timed(lambda: sum(o.shape[0] for _, o in ranked_chunks(problem[0])), args.repeat)
-        verdict = agree(r_np, r_cy)
-        failed |= verdict.startswith("NO")
-        rows.append((name, problem[0].shape, t_sort, t_np, t_cy, r_np, verdict))
-        print(f"[{name}] sort {t_sort:.2f} s, numpy {t_np:.2f} s, cython {t_cy:.2f} s", flush=True)
-    head = (f"{'size':<7} {'queries x gallery':>17} {'numpy s':>8} {'(sort s)':>9} {'cython s':>9} "
-            f"{'speed-up':>9} {'R1':>6} {'mAP':>6} {'mINP':>6}  agree")
-    print(f"\nprotocol: {args.protocol}; best of {args.repeat}; speed-up = numpy s / cython s; (sort s) = the "
-          "NumPy backend's chunked stable argsort alone (the Cython backend does not sort)\n"
-          + head + "\n" + "-" * len(head))
-    for name, shape, t_sort, t_np, t_cy, res, verdict in rows:
-        print(f"{name:<7} {shape[0]:>7} x {shape[1]:<7} {t_np:>8.2f} {t_sort:>9.2f} {t_cy:>9.2f} "
-              f"{t_np / t_cy:>8.1f}x {100 * res['rank1']:>6.2f} {100 * res['mAP']:>6.2f} {100 * res['mINP']:>6.2f}"
-              f"  {verdict}")
+        times, results = time_interleaved(matrices, ids, backends, args.repeat, **kw)
+        for kind, mat in matrices.items():
+            t_sort = float("nan")
+            if not args.no_argsort:
+                t0 = time.perf_counter()
+                sum(o.shape[0] for _, o in ranked_chunks(mat))
+                t_sort = time.perf_counter() - t0
+            verdict = agree(results[kind, "numpy"], results.get((kind, "cython")))
+            failed |= verdict.startswith("NO")
+            rows.append((name, kind, mat.shape, times[kind, "numpy"], times.get((kind, "cython"), float("nan")),
+                         t_sort, results[kind, "numpy"], verdict))
+            print(f"[{name}/{kind}] numpy {times[kind, 'numpy']:.3f} s, cython "
+                  f"{times.get((kind, 'cython'), float('nan')):.3f} s, argsort {t_sort:.2f} s", flush=True)
+    head = (f"{'size':<7} {'distances':<9} {'queries x gallery':>17} {'cython s':>9} {'numpy s':>8} "
+            f"{'numpy/cy':>9} {'argsort s':>10} {'R1':>6} {'mAP':>6} {'mINP':>6}  agree")
+    print(f"\nprotocol: {args.protocol}; median of {args.repeat} interleaved rounds; numpy/cy = numpy s / cython s;"
+          " argsort s = a chunked stable argsort of every row alone (once)\n" + head + "\n" + "-" * len(head))
+    for name, kind, shape, t_np, t_cy, t_sort, res, verdict in rows:
+        print(f"{name:<7} {kind:<9} {shape[0]:>7} x {shape[1]:<7} {t_cy:>9.3f} {t_np:>8.3f} {t_np / t_cy:>8.1f}x "
+              f"{t_sort:>10.2f} {100 * res['rank1']:>6.2f} {100 * res['mAP']:>6.2f} {100 * res['mINP']:>6.2f}  "
+              f"{verdict}")
+    by = {(r[0], r[1]): r for r in rows}
+    for name in dict.fromkeys(r[0] for r in rows):
+        if (name, "feature") in by and (name, "uniform") in by:
+            f, u = by[name, "feature"], by[name, "uniform"]
+            print(f"{name}: uniform / feature-like time: cython {u[4] / f[4]:.2f}x, numpy {u[3] / f[3]:.2f}x")
     return 1 if failed else 0
 
 

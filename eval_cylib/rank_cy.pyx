@@ -1,45 +1,74 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Cython ranking protocols (Market-1501 and CUHK03 classic), bit-identical to the NumPy versions.
 
-The NumPy backend ranks every gallery with a stable argsort of the float32 distances. This backend gets the
-same figures without sorting the gallery: the position of a true match in the stable ranking is the number of
-kept entries that precede it in the order "(float32 distance, gallery index) ascending, NaN last", so one
-O(num_gallery) pass per query (plus a sort of the few true matches) is enough. Per-query AP / INP / CMC are
-then computed with the same float64 operations, in the same order, as ``common.eval.rank``.
+Both backends rank a query's gallery in the order of a stable ascending argsort of the float32 distances:
+ties go to the lower gallery index, NaN comes last. Here each entry gets one unsigned 64-bit key that sorts in
+exactly that order: the float32 bits mapped to an order-preserving integer (-0.0 read as +0.0, every NaN as the
+largest value) in the high 32 bits and the gallery index in the low 32 bits. All keys of a row are distinct, so
+the position of a true match in the filtered ranking is a count of smaller keys, and no sort of the gallery is
+needed.
+
+Per query: the true matches (and the removed same-identity, same-camera entries) come from a gallery index
+grouped by identity, and only the true matches' keys are sorted. One pass over the row then drops every entry
+that ranks after the last true match (one well-predicted compare) and bins the others between the sorted match
+keys with a branch-free binary search (its number of steps depends only on the number of matches, so uniform
+distances, where almost every entry needs it, cost little more than feature-like ones). Same-identity entries
+are counted by that pass too and taken out again afterwards. Per-query AP / INP / CMC use the same float64
+operations, in the same order, as ``common.eval.rank``.
 Distances are cast to float32 a chunk of query rows at a time (no copy when already float32, C-contiguous).
 """
 import numpy as np
 
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort
+from libc.string cimport memcpy
 
 # Query rows are cast to float32 in chunks of about this many (row, gallery) elements.
 CHUNK_ELEMENTS = 1 << 24
-
-ctypedef struct Key:
-    float d
-    int64_t g
-
-
-cdef inline bint _before(float da, int64_t ga, float db, int64_t gb) noexcept nogil:
-    """True if (da, ga) comes first in the stable ascending ranking (NaN distances last, ties by index)."""
-    if da < db:
-        return True
-    if da > db:
-        return False
-    if da == db:
-        return ga < gb
-    if da != da and db != db:
-        return ga < gb
-    return db != db  # exactly one NaN: the finite one comes first
+# Most buckets of the per-query distance table (32 per true match).
+DEF MAX_BUCKETS = 1 << 16
+cdef float INF32 = float("inf")
 
 
-cdef int _cmp_keys(const void* a, const void* b) noexcept nogil:
-    cdef const Key* ka = <const Key*>a
-    cdef const Key* kb = <const Key*>b
-    if _before(ka.d, ka.g, kb.d, kb.g):
-        return -1
-    return 1 if ka.g != kb.g else 0
+cdef inline uint64_t _key(float d, int64_t g) noexcept nogil:
+    """Order key of gallery entry ``g`` at distance ``d``: ascending keys = the stable ranking, NaN last."""
+    cdef float z = d + <float>0.0  # -0.0 + 0.0 = +0.0 (round to nearest): equal zeros tie, as in the sort
+    cdef uint32_t u, k
+    memcpy(&u, &z, 4)
+    k = u ^ (<uint32_t>(-<int32_t>(u >> 31)) | <uint32_t>0x80000000u)  # negatives: all bits flipped
+    k |= <uint32_t>(-<int32_t>((u & <uint32_t>0x7FFFFFFFu) > <uint32_t>0x7F800000u))  # any NaN: 0xFFFFFFFF
+    return (<uint64_t>k << 32) | <uint64_t>g
+
+
+cdef inline int64_t _num_below(const uint64_t* keys, int64_t n, uint64_t k) noexcept nogil:
+    """Number of ``keys[0:n]`` (sorted, n >= 1) below ``k``; branch-free, ceil(log2 n) steps."""
+    cdef const uint64_t* base = keys
+    cdef int64_t half
+    while n > 1:
+        half = n >> 1
+        base += half * (base[half] < k)
+        n -= half
+    return (base - keys) + (base[0] < k)
+
+
+cdef int _cmp_u64(const void* a, const void* b) noexcept nogil:
+    cdef uint64_t x = (<const uint64_t*>a)[0], y = (<const uint64_t*>b)[0]
+    return (x > y) - (x < y)
+
+
+cdef inline void _sort_keys(uint64_t* keys, int64_t n) noexcept nogil:
+    cdef int64_t i, j
+    cdef uint64_t v
+    if n > 24:
+        qsort(keys, n, sizeof(uint64_t), _cmp_u64)
+        return
+    for i in range(1, n):  # insertion sort: a query has few true matches
+        v = keys[i]
+        j = i - 1
+        while j >= 0 and keys[j] > v:
+            keys[j + 1] = keys[j]
+            j -= 1
+        keys[j + 1] = v
 
 
 def rows_per_chunk(num_gallery, chunk_rows=None):
@@ -58,10 +87,19 @@ def rows_per_chunk(num_gallery, chunk_rows=None):
 
 
 def _prepare(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
+    """Checks shapes and groups the gallery by identity.
+
+    Returns:
+        distmat, [q_pids, g_pids, q_camids, g_camids] int64, by_pid (num_gallery,) int64 gallery indices sorted
+        by identity (ascending index within one), q_lo / q_hi (num_query,) int64: query i's identity occupies
+        ``by_pid[q_lo[i]:q_hi[i]]``.
+    """
     distmat = np.asarray(distmat)
     if distmat.ndim != 2:
         raise ValueError(f"distmat must be 2-D (num_query, num_gallery), got shape {distmat.shape}")
     num_q, num_g = distmat.shape
+    if num_g >= 1 << 32:
+        raise ValueError(f"the gallery has {num_g} entries; at most 2**32 - 1 are supported")
     arrays = [np.ascontiguousarray(a, dtype=np.int64).reshape(-1) for a in (q_pids, g_pids, q_camids, g_camids)]
     if arrays[0].shape[0] != num_q or arrays[2].shape[0] != num_q:
         raise ValueError("q_pids / q_camids must have num_query entries")
@@ -69,44 +107,129 @@ def _prepare(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
         raise ValueError("g_pids / g_camids must have num_gallery entries")
     if max_rank < 1:
         raise ValueError("max_rank must be >= 1")
-    return distmat, arrays
+    by_pid = np.argsort(arrays[1], kind="stable").astype(np.int64)
+    sorted_pids = arrays[1][by_pid]
+    q_lo = np.searchsorted(sorted_pids, arrays[0], side="left").astype(np.int64)
+    q_hi = np.searchsorted(sorted_pids, arrays[0], side="right").astype(np.int64)
+    return distmat, arrays, by_pid, q_lo, q_hi
 
 
-cdef int64_t _match_positions(const float[::1] row, int64_t qp, int64_t qc, const int64_t[::1] g_pids,
-                              const int64_t[::1] g_camids, Key* keys, int64_t* before) noexcept nogil:
-    """Sorts the kept true matches of one query into ``keys`` and writes their 0-based positions in the
-    filtered ranked list to ``before``. Returns the number of kept true matches."""
-    cdef int64_t num_g = row.shape[0], g, n = 0, lo, hi, mid, t
-    cdef float d
-    for g in range(num_g):
-        if g_pids[g] == qp and g_camids[g] != qc:
-            keys[n].d = row[g]
-            keys[n].g = g
+ctypedef struct Work:
+    uint64_t* keys     # (num_gallery,) sorted keys of the current query's kept true matches
+    uint64_t* removed  # (num_gallery,) keys of its removed entries (same identity and camera)
+    int64_t* pos       # (num_gallery + 1,) bin counts, then positions
+    int32_t* table     # (MAX_BUCKETS + 2,) bin of each distance bucket, -1 where a match falls
+    int64_t* hist      # (MAX_BUCKETS + 2,) entries per bucket
+
+
+cdef inline void _bin_by_search(const float[::1] row, const uint64_t* keys, int64_t n,
+                                int64_t* pos) noexcept nogil:
+    """Generic pass (any values, NaN and inf included): bin every entry ranked before the last match."""
+    cdef int64_t g
+    cdef uint64_t k, last = keys[n - 1]
+    for g in range(row.shape[0]):
+        k = _key(row[g], g)
+        if k < last:
+            pos[_num_below(keys, n, k)] += 1
+
+
+cdef inline int64_t _bucket(float d, float lo, float scale, int64_t top) noexcept nogil:
+    """Monotone bucket of a distance: clamp(trunc((d - lo) * scale + 1), 0, top); -inf gives 0."""
+    cdef int64_t b = <int64_t>((d - lo) * scale + <float>1.0)  # out of range: INT64_MIN
+    b &= ~(b >> 63)  # negative -> 0
+    return b if b <= top else top
+
+
+cdef inline void _bin_by_table(const float[::1] row, const uint64_t* keys, int64_t n, Work* w,
+                               int64_t num_buckets, float lo, float scale) noexcept nogil:
+    """Same counts as ``_bin_by_search`` when the first and last match distances ``lo`` < ``hi`` are finite
+    and ``scale`` = num_buckets / (hi - lo) is finite.
+
+    ``_bucket`` is monotone, so bucket(d) < bucket(m) implies d < m and bucket(d) > bucket(m) implies d > m:
+    all entries of a bucket that holds no true match lie between the same two matches, and ``table`` stores
+    that bin. Entries of such buckets are only counted per bucket (``hist``, then added to their bin): with
+    64 buckets per match two nearby entries rarely share a counter, which keeps the pass free of the store /
+    load conflicts of a histogram with a handful of bins. Buckets holding a match store -1 and send their
+    entries to the exact binary search.
+    """
+    cdef int64_t g, t, b, c, top = num_buckets + 1, last_g = <int64_t>(keys[n - 1] & 0xFFFFFFFFu)
+    cdef float d, hi = row[last_g]
+    cdef int32_t* table = w.table
+    cdef int64_t* hist = w.hist
+    cdef int64_t* pos = w.pos
+    for b in range(top + 1):
+        table[b] = 0
+        hist[b] = 0
+    for t in range(n):
+        table[_bucket(row[<int64_t>(keys[t] & 0xFFFFFFFFu)], lo, scale, top)] = -1
+    t = 0
+    for b in range(top + 1):  # bin of an empty bucket = number of matches in the buckets below it
+        if table[b] < 0:
+            while t < n and _bucket(row[<int64_t>(keys[t] & 0xFFFFFFFFu)], lo, scale, top) == b:
+                t += 1
+        else:
+            table[b] = <int32_t>t
+    for g in range(row.shape[0]):
+        d = row[g]
+        if d < hi:  # NaN compares false: ranked after a finite last match
+            b = _bucket(d, lo, scale, top)
+            if table[b] < 0:
+                pos[_num_below(keys, n, _key(d, g))] += 1
+            else:
+                hist[b] += 1
+        elif d == hi and g < last_g:  # tie with the last match, ranked before it by index
+            pos[_num_below(keys, n, _key(d, g))] += 1
+    for b in range(top + 1):
+        c = table[b]
+        if c >= 0:
+            pos[c] += hist[b]
+
+
+cdef int64_t _match_positions(const float[::1] row, int64_t qc, const int64_t[::1] g_camids,
+                              const int64_t* same, int64_t num_same, Work* w) noexcept nogil:
+    """Sorts the kept true matches of one query into ``w.keys`` (their ranking keys) and writes their 0-based
+    positions in the filtered ranked list to ``w.pos``.
+
+    ``same[0:num_same]`` are the gallery entries of the query's identity: true matches unless in the query's
+    camera (removed). Returns the number of kept true matches.
+    """
+    cdef int64_t g, j, n = 0, m = 0, t, num_buckets
+    cdef uint64_t last
+    cdef float lo, hi, scale
+    cdef uint64_t* keys = w.keys
+    cdef int64_t* pos = w.pos
+    for j in range(num_same):
+        g = same[j]
+        if g_camids[g] != qc:
+            keys[n] = _key(row[g], g)
             n += 1
+        else:
+            w.removed[m] = _key(row[g], g)
+            m += 1
     if n == 0:
         return 0
-    qsort(keys, n, sizeof(Key), _cmp_keys)
+    _sort_keys(keys, n)
+    last = keys[n - 1]
     for t in range(n + 1):
-        before[t] = 0
-    for g in range(num_g):
-        if g_pids[g] == qp:
-            continue  # a true match, or removed (same identity and camera)
-        d = row[g]
-        if not _before(d, g, keys[n - 1].d, keys[n - 1].g):
-            continue  # ranked after every true match
-        lo = 0
-        hi = n - 1  # first match that g precedes
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if _before(d, g, keys[mid].d, keys[mid].g):
-                hi = mid
-            else:
-                lo = mid + 1
-        before[lo] += 1
+        pos[t] = 0
+    # pos[t] first counts every entry whose key lies between keys[t - 1] and keys[t] (keys[t - 1] included)
+    lo = row[<int64_t>(keys[0] & 0xFFFFFFFFu)]
+    hi = row[<int64_t>(last & 0xFFFFFFFFu)]
+    num_buckets = min(max(64 * n, 64), MAX_BUCKETS)
+    scale = <float>num_buckets / (hi - lo)
+    if n > 1 and lo < hi and -INF32 < lo and hi < INF32 and scale < INF32:
+        _bin_by_table(row, keys, n, w, num_buckets, lo, scale)
+    else:
+        _bin_by_search(row, keys, n, pos)
+    for t in range(n - 1):
+        pos[t] -= 1  # match t itself fell in bin t (none of the keys below it equals it)
+    for j in range(m):
+        if w.removed[j] < last:
+            pos[_num_below(keys, n, w.removed[j])] -= 1
     for t in range(1, n):
-        before[t] += before[t - 1]
+        pos[t] += pos[t - 1]  # kept non-matches before match t
     for t in range(n):
-        before[t] += t  # non-matches before it + earlier matches = its position
+        pos[t] += t  # + earlier matches = its position
     return n
 
 
@@ -118,13 +241,15 @@ cdef inline double _ap(const int64_t* pos, int64_t n) noexcept nogil:
     return ap / <double>n
 
 
-cdef int64_t _market_rows(const float[:, ::1] dist, int64_t q0, const int64_t[::1] q_pids,
-                          const int64_t[::1] g_pids, const int64_t[::1] q_camids, const int64_t[::1] g_camids,
-                          Key* keys, int64_t* pos, double[:, ::1] all_cmc, double[::1] all_ap,
+cdef int64_t _market_rows(const float[:, ::1] dist, int64_t q0, const int64_t[::1] q_camids,
+                          const int64_t[::1] g_camids, const int64_t[::1] by_pid, const int64_t[::1] q_lo,
+                          const int64_t[::1] q_hi, Work* w, double[:, ::1] all_cmc, double[::1] all_ap,
                           double[::1] all_inp, int64_t num_valid) noexcept nogil:
     cdef int64_t i, k, n, max_rank = all_cmc.shape[1]
+    cdef int64_t* pos = w.pos
     for i in range(dist.shape[0]):
-        n = _match_positions(dist[i], q_pids[q0 + i], q_camids[q0 + i], g_pids, g_camids, keys, pos)
+        n = _match_positions(dist[i], q_camids[q0 + i], g_camids, &by_pid[0] + q_lo[q0 + i],
+                             q_hi[q0 + i] - q_lo[q0 + i], w)
         if n == 0:
             continue
         for k in range(max_rank):
@@ -137,30 +262,33 @@ cdef int64_t _market_rows(const float[:, ::1] dist, int64_t q0, const int64_t[::
 
 cdef int64_t _cuhk03_rows(const float[:, ::1] dist, int64_t q0, const int64_t[::1] q_pids,
                           const int64_t[::1] g_pids, const int64_t[::1] q_camids, const int64_t[::1] g_camids,
-                          const int64_t[:, ::1] priority, const int64_t[:, ::1] win_idx, Key* keys, int64_t* pos,
-                          int64_t[::1] chosen, int64_t[::1] counts, double[:, ::1] all_cmc, double[::1] all_ap,
-                          double[::1] all_inp, int64_t num_valid) noexcept nogil:
-    cdef int64_t i, k, n, r, t, w, g, c, qp, max_rank = all_cmc.shape[1], num_repeats = priority.shape[0]
-    cdef float dc
+                          const int64_t[::1] by_pid, const int64_t[::1] q_lo, const int64_t[::1] q_hi,
+                          const int64_t[:, ::1] priority, const int64_t[:, ::1] win_idx, Work* w,
+                          int64_t[::1] counts, double[:, ::1] all_cmc, double[::1] all_ap, double[::1] all_inp,
+                          int64_t num_valid) noexcept nogil:
+    cdef int64_t i, k, n, r, t, j, g, c, qp, chosen, max_rank = all_cmc.shape[1], num_repeats = priority.shape[0]
+    cdef uint64_t kc
+    cdef uint64_t* keys = w.keys
+    cdef int64_t* pos = w.pos
     for i in range(dist.shape[0]):
         qp = q_pids[q0 + i]
-        n = _match_positions(dist[i], qp, q_camids[q0 + i], g_pids, g_camids, keys, pos)
+        n = _match_positions(dist[i], q_camids[q0 + i], g_camids, &by_pid[0] + q_lo[q0 + i],
+                             q_hi[q0 + i] - q_lo[q0 + i], w)
         if n == 0:
             continue
-        for r in range(num_repeats):  # sampled true match: the kept one of smallest priority
-            chosen[r] = keys[0].g
-            for t in range(1, n):
-                if priority[r, keys[t].g] < priority[r, chosen[r]]:
-                    chosen[r] = keys[t].g
         for k in range(max_rank):
             counts[k] = 0
-        for r in range(num_repeats):  # its rank = sampled images of other identities ranked before it
-            dc = dist[i, chosen[r]]
-            c = 0
-            for w in range(win_idx.shape[1]):
-                g = win_idx[r, w]
-                if g_pids[g] != qp and _before(dist[i, g], g, dc, chosen[r]):
-                    c += 1
+        for r in range(num_repeats):
+            chosen = <int64_t>(keys[0] & 0xFFFFFFFFu)  # sampled true match: the kept one of smallest priority
+            for t in range(1, n):
+                g = <int64_t>(keys[t] & 0xFFFFFFFFu)
+                if priority[r, g] < priority[r, chosen]:
+                    chosen = g
+            kc = _key(dist[i, chosen], chosen)
+            c = 0  # its rank = sampled images of other identities ranked before it
+            for j in range(win_idx.shape[1]):
+                g = win_idx[r, j]
+                c += (g_pids[g] != qp) & (_key(dist[i, g], g) < kc)
             for k in range(c, max_rank):
                 counts[k] += 1
         for k in range(max_rank):
@@ -173,6 +301,29 @@ cdef int64_t _cuhk03_rows(const float[:, ::1] dist, int64_t q0, const int64_t[::
 
 def _float_rows(distmat, int64_t start, int64_t stop):
     return np.ascontiguousarray(distmat[start:stop], dtype=np.float32)
+
+
+cdef class _Scratch:
+    """Per-call buffers (see ``Work``), freed with the object."""
+    cdef Work w
+
+    def __cinit__(self, int64_t num_g):
+        cdef size_t size = <size_t>max(num_g, 1)
+        self.w.keys = <uint64_t*>malloc(size * sizeof(uint64_t))
+        self.w.removed = <uint64_t*>malloc(size * sizeof(uint64_t))
+        self.w.pos = <int64_t*>malloc((size + 1) * sizeof(int64_t))
+        self.w.table = <int32_t*>malloc((MAX_BUCKETS + 2) * sizeof(int32_t))
+        self.w.hist = <int64_t*>malloc((MAX_BUCKETS + 2) * sizeof(int64_t))
+        if (self.w.keys == NULL or self.w.removed == NULL or self.w.pos == NULL or self.w.table == NULL
+                or self.w.hist == NULL):
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.w.keys)
+        free(self.w.removed)
+        free(self.w.pos)
+        free(self.w.table)
+        free(self.w.hist)
 
 
 cpdef tuple eval_market1501_cy(object distmat, object q_pids, object g_pids, object q_camids, object g_camids,
@@ -190,24 +341,18 @@ cpdef tuple eval_market1501_cy(object distmat, object q_pids, object g_pids, obj
         tuple: all_cmc (num_valid, max_rank) float64, all_AP (num_valid,) float64,
         all_INP (num_valid,) float64, num_valid (int).
     """
-    distmat, (qp, gp, qc, gc) = _prepare(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    distmat, (qp, gp, qc, gc), by_pid, q_lo, q_hi = _prepare(distmat, q_pids, g_pids, q_camids, g_camids,
+                                                             max_rank)
     cdef int64_t num_q = distmat.shape[0], num_g = distmat.shape[1]
     all_cmc = np.zeros((num_q, max_rank), dtype=np.float64)
     all_ap = np.zeros(num_q, dtype=np.float64)
     all_inp = np.zeros(num_q, dtype=np.float64)
-    pos_buf = np.empty(num_g + 1, dtype=np.int64)
-    cdef int64_t[::1] pos = pos_buf
-    cdef Key* keys = <Key*>malloc(max(num_g, 1) * sizeof(Key))
-    if keys == NULL:
-        raise MemoryError()
+    cdef _Scratch s = _Scratch(num_g)
     cdef int64_t num_valid = 0, start, stop, rows = rows_per_chunk(num_g, chunk_rows)
-    try:
-        for start in range(0, num_q, rows):
-            stop = min(start + rows, num_q)
-            num_valid = _market_rows(_float_rows(distmat, start, stop), start, qp, gp, qc, gc, keys, &pos[0],
-                                     all_cmc, all_ap, all_inp, num_valid)
-    finally:
-        free(keys)
+    for start in range(0, num_q, rows):
+        stop = min(start + rows, num_q)
+        num_valid = _market_rows(_float_rows(distmat, start, stop), start, qc, gc, by_pid, q_lo, q_hi, &s.w,
+                                 all_cmc, all_ap, all_inp, num_valid)
     return all_cmc[:num_valid], all_ap[:num_valid], all_inp[:num_valid], int(num_valid)
 
 
@@ -226,7 +371,8 @@ cpdef tuple eval_cuhk03_cy(object distmat, object q_pids, object g_pids, object 
         tuple: all_cmc (num_valid, max_rank) float64 (CMC averaged over repeats), all_AP, all_INP (num_valid,)
         float64 on the full filtered list, num_valid (int).
     """
-    distmat, (qp, gp, qc, gc) = _prepare(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    distmat, (qp, gp, qc, gc), by_pid, q_lo, q_hi = _prepare(distmat, q_pids, g_pids, q_camids, g_camids,
+                                                             max_rank)
     cdef int64_t num_q = distmat.shape[0], num_g = distmat.shape[1]
     pr = np.ascontiguousarray(priority, dtype=np.int64)
     win = np.asarray(winner, dtype=np.uint8)
@@ -236,22 +382,14 @@ cpdef tuple eval_cuhk03_cy(object distmat, object q_pids, object g_pids, object 
     if len({idx.size for idx in per_repeat}) != 1:
         raise ValueError("winner must mark the same number of entries (one per identity) in every repeat")
     win_idx = np.ascontiguousarray(np.stack(per_repeat), dtype=np.int64)
-    chosen = np.empty(pr.shape[0], dtype=np.int64)
     counts = np.empty(max_rank, dtype=np.int64)
     all_cmc = np.zeros((num_q, max_rank), dtype=np.float64)
     all_ap = np.zeros(num_q, dtype=np.float64)
     all_inp = np.zeros(num_q, dtype=np.float64)
-    pos_buf = np.empty(num_g + 1, dtype=np.int64)
-    cdef int64_t[::1] pos = pos_buf
-    cdef Key* keys = <Key*>malloc(max(num_g, 1) * sizeof(Key))
-    if keys == NULL:
-        raise MemoryError()
+    cdef _Scratch s = _Scratch(num_g)
     cdef int64_t num_valid = 0, start, stop, rows = rows_per_chunk(num_g, chunk_rows)
-    try:
-        for start in range(0, num_q, rows):
-            stop = min(start + rows, num_q)
-            num_valid = _cuhk03_rows(_float_rows(distmat, start, stop), start, qp, gp, qc, gc, pr, win_idx, keys,
-                                     &pos[0], chosen, counts, all_cmc, all_ap, all_inp, num_valid)
-    finally:
-        free(keys)
+    for start in range(0, num_q, rows):
+        stop = min(start + rows, num_q)
+        num_valid = _cuhk03_rows(_float_rows(distmat, start, stop), start, qp, gp, qc, gc, by_pid, q_lo, q_hi, pr,
+                                 win_idx, &s.w, counts, all_cmc, all_ap, all_inp, num_valid)
     return all_cmc[:num_valid], all_ap[:num_valid], all_inp[:num_valid], int(num_valid)

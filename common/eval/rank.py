@@ -1,11 +1,17 @@
 """Shared ranking evaluator: CMC, mAP and mINP under the Market-1501 and CUHK03 (classic) protocols.
 
 Semantics follow torchreid's ``eval_market1501`` / ``eval_cuhk03``, with mINP as in fast-reid / TransReID.
-Two backends give bit-identical figures. The NumPy one (this module) ranks each query's gallery with a
-*stable* argsort of the distances cast to float32 (ties go to the lower gallery index, NaN last), in chunks of
-query rows. The Cython one (``eval_cylib.rank_cy``, built by ``make eval_cylib``) skips the sort: a true
-match's position in that same stable ranking is the number of kept gallery entries ordered before it, which
-one pass over the row gives. Per-query values use the same float64 operations in the same order.
+Both backends rank each query's gallery in the order of a *stable* ascending argsort of the distances cast to
+float32 (ties go to the lower gallery index, NaN last) and give bit-identical figures, but neither sorts the
+gallery: a true match's position in that ranking is the number of kept gallery entries ordered before it.
+
+The NumPy backend (this module) works on chunks of query rows. The true matches of each query come from the
+gallery grouped by identity; one vectorised compare per chunk keeps the entries that lie at or below each
+query's last true match (few for a good model, most of the gallery for a weak one), and only those are sorted
+(``np.sort`` of float32 values, without indices) and searched for each true match; ties with a match are
+resolved by gallery index afterwards. The Cython backend (``eval_cylib.rank_cy``, built by
+``make eval_cylib``) counts in one pass over the row. Per-query values use the same float64 operations in the
+same order. ``ranked_chunks`` (the full stable argsort) is kept as the reference ranking.
 """
 from __future__ import annotations
 
@@ -91,6 +97,120 @@ def single_query_metrics(raw_matches: np.ndarray, max_rank: int) -> Optional[Tup
     return cmc, float(ap), float(n / (pos[-1] + 1))
 
 
+def order_keys(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Unsigned 64-bit keys whose ascending order is the stable ranking of float32 ``values``.
+
+    High 32 bits: the float32 bits mapped to an order-preserving integer (-0.0 as +0.0, every NaN as the largest
+    value); low 32 bits: the gallery ``index``, which breaks ties as a stable sort does.
+
+    Args:
+        values (np.ndarray): (...,) float32 distances.
+        index (np.ndarray): (...,) gallery indices (< 2**32), broadcastable to ``values``.
+
+    Returns:
+        np.ndarray: (...,) uint64 keys.
+    """
+    u = (np.asarray(values, dtype=np.float32) + np.float32(0.0)).view(np.uint32)  # -0.0 + 0.0 = +0.0
+    k = np.where(u >> np.uint32(31), ~u, u | np.uint32(0x80000000))
+    k[(u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)] = np.uint32(0xFFFFFFFF)  # NaN
+    return (k.astype(np.uint64) << np.uint64(32)) | np.asarray(index, dtype=np.uint64)
+
+
+def _by_identity(g_pids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Gallery indices grouped by identity (ascending within one) and the identity of each."""
+    by_pid = np.argsort(g_pids, kind="stable")
+    return by_pid, g_pids[by_pid]
+
+
+def _float_blocks(distmat: np.ndarray, chunk_rows: Optional[int]) -> Iterator[Tuple[int, np.ndarray]]:
+    num_q, num_g = distmat.shape
+    rows = max(1, int(chunk_rows)) if chunk_rows is not None else max(1, CHUNK_ELEMENTS // max(1, num_g))
+    for start in range(0, num_q, rows):
+        yield start, np.ascontiguousarray(distmat[start:start + rows], dtype=np.float32)
+
+
+def match_positions(block: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray, g_camids: np.ndarray,
+                    by_pid: np.ndarray, sorted_pids: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions of the kept true matches in each query's filtered ranking, without sorting the gallery.
+
+    With the stable ranking order "(float32 distance, gallery index) ascending, NaN last", the 0-based position
+    of true match t of a query in its filtered list (same identity and camera removed) is
+    (entries of the row ranked before it) - (same-identity entries ranked before it) + (matches before it).
+    The first term only involves entries at or below the query's last match: they are selected with one
+    compare per entry, and only they are sorted, as bare float32 values.
+
+    Args:
+        block (np.ndarray): (rows, num_gallery) float32 distances.
+        q_pids, q_camids (np.ndarray): (rows,) int64 identities and cameras of the queries.
+        g_camids (np.ndarray): (num_gallery,) int64 cameras.
+        by_pid, sorted_pids (np.ndarray): (num_gallery,) from ``_by_identity(g_pids)``.
+
+    Returns:
+        rows, cols, pos (np.ndarray): (num_matches,) int64: query row (ascending), gallery index and filtered
+        position of every kept true match, each query's matches in ranking order.
+    """
+    num_rows, num_g = block.shape
+    lo = np.searchsorted(sorted_pids, q_pids, side="left")
+    cnt = np.searchsorted(sorted_pids, q_pids, side="right") - lo
+    row_start = np.cumsum(cnt) - cnt
+    rows = np.repeat(np.arange(num_rows), cnt)
+    cols = by_pid[np.arange(rows.size) - np.repeat(row_start - lo, cnt)]
+    vals = block[rows, cols]
+    order = np.lexsort((cols, vals, rows))  # each query's same-identity entries in ranking order
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    is_match = g_camids[cols] != q_camids[rows]
+    same_before = np.arange(rows.size) - row_start[rows]
+    seen = np.cumsum(is_match) - is_match
+    match_before = seen - seen[row_start[rows]] if rows.size else seen
+    keep = np.flatnonzero(is_match)
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    pos = match_before[keep] - same_before[keep]
+    num = np.bincount(rows, minlength=num_rows)
+    first = np.cumsum(num) - num
+    valid = np.flatnonzero(num)
+    last_val = np.full(num_rows, np.nan, dtype=np.float32)  # rows without a match: select nothing
+    last_val[valid] = vals[first[valid] + num[valid] - 1]
+    last_val[np.isnan(last_val) & (num > 0)] = np.inf  # a NaN last match: every non-NaN entry precedes it
+    selected = block <= last_val[:, None]
+    sel_start = np.concatenate(([0], np.cumsum(np.count_nonzero(selected, axis=1))))
+    cand = block[selected]
+    for r in valid:
+        seg = slice(first[r], first[r] + num[r])
+        ranked = np.sort(cand[sel_start[r]:sel_start[r + 1]])
+        v = vals[seg]
+        below = np.searchsorted(ranked, v, side="left")  # a NaN match: all non-NaN entries
+        tied = np.flatnonzero(np.searchsorted(ranked, v, side="right") - below > 1)
+        for t in tied:  # equal distances: entries of lower gallery index come first
+            below[t] += np.count_nonzero(block[r, :cols[seg][t]] == v[t])
+        for t in np.flatnonzero(np.isnan(v)):
+            below[t] += np.count_nonzero(np.isnan(block[r, :cols[seg][t]]))
+        pos[seg] += below
+    return rows, cols, pos
+
+
+def _per_query_metrics(rows: np.ndarray, pos: np.ndarray, num_rows: int, max_rank: int
+                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """CMC, AP and INP of every query with a true match, from ``match_positions`` output.
+
+    Same float64 operations as :func:`single_query_metrics`: AP sums precision t / pos_t sequentially (a
+    cumulative sum along each zero-padded row) and divides by the number of matches.
+
+    Returns:
+        valid (num_valid,) query rows, cmc (num_valid, max_rank), ap (num_valid,), inp (num_valid,).
+    """
+    num = np.bincount(rows, minlength=num_rows)
+    valid = np.flatnonzero(num)
+    first = (np.cumsum(num) - num)[valid]
+    n = num[valid]
+    rank_in_row = np.arange(rows.size) - np.repeat(first, n)
+    precision = np.zeros((valid.size, int(n.max()) if n.size else 0))
+    precision[np.repeat(np.arange(valid.size), n), rank_in_row] = (rank_in_row + 1.0) / (pos + 1)
+    ap = np.cumsum(precision, axis=1)[np.arange(valid.size), n - 1] / n if n.size else np.zeros(0)
+    inp = n / (pos[first + n - 1] + 1)
+    cmc = (np.arange(max_rank)[None, :] >= pos[first][:, None]).astype(np.float64)
+    return valid, cmc, ap, inp
+
+
 def eval_market1501_numpy(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int,
                           chunk_rows: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Market-1501 protocol per valid query (NumPy).
@@ -102,29 +222,29 @@ def eval_market1501_numpy(distmat, q_pids, g_pids, q_camids, g_camids, max_rank:
         distmat (np.ndarray): (num_query, num_gallery) distances.
         q_pids, q_camids (np.ndarray): (num_query,) int. g_pids, g_camids (np.ndarray): (num_gallery,) int.
         max_rank (int): CMC length.
-        chunk_rows (int, optional): query rows ranked at once.
+        chunk_rows (int, optional): query rows processed at once.
 
     Returns:
         all_cmc (num_valid, max_rank) float64, all_AP (num_valid,), all_INP (num_valid,), num_valid (int).
     """
     distmat, (q_pids, g_pids, q_camids, g_camids) = _check(distmat, q_pids, g_pids, q_camids, g_camids)
+    by_pid, sorted_pids = _by_identity(g_pids)
     cmcs, aps, inps = [], [], []
-    for start, order in ranked_chunks(distmat, chunk_rows):
-        stop = start + order.shape[0]
-        matches = g_pids[order] == q_pids[start:stop, None]
-        keep = ~(matches & (g_camids[order] == q_camids[start:stop, None]))
-        for i in range(order.shape[0]):
-            res = single_query_metrics(matches[i][keep[i]], max_rank)
-            if res is not None:
-                cmcs.append(res[0])
-                aps.append(res[1])
-                inps.append(res[2])
-    return _stack(cmcs, aps, inps, max_rank)
+    for start, block in _float_blocks(distmat, chunk_rows):
+        stop = start + block.shape[0]
+        rows, _, pos = match_positions(block, q_pids[start:stop], q_camids[start:stop], g_camids, by_pid,
+                                       sorted_pids)
+        _, cmc, ap, inp = _per_query_metrics(rows, pos, block.shape[0], max_rank)
+        cmcs.append(cmc)
+        aps.append(ap)
+        inps.append(inp)
+    return _concat(cmcs, aps, inps, max_rank)
 
 
-def _stack(cmcs, aps, inps, max_rank):
-    all_cmc = np.stack(cmcs) if cmcs else np.zeros((0, max_rank))
-    return all_cmc, np.asarray(aps, dtype=np.float64), np.asarray(inps, dtype=np.float64), len(aps)
+def _concat(cmcs, aps, inps, max_rank):
+    all_ap = np.concatenate(aps) if aps else np.zeros(0)
+    all_cmc = np.concatenate(cmcs) if cmcs else np.zeros((0, max_rank))
+    return all_cmc, all_ap, np.concatenate(inps) if inps else np.zeros(0), int(all_ap.size)
 
 
 def cuhk03_draws(g_pids, num_repeats: int = 10, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
@@ -173,25 +293,30 @@ def eval_cuhk03_numpy(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int
     distmat, (q_pids, g_pids, q_camids, g_camids) = _check(distmat, q_pids, g_pids, q_camids, g_camids)
     priority, winner = np.asarray(priority, dtype=np.int64), np.asarray(winner, dtype=bool)
     num_repeats = priority.shape[0]
+    win_idx = np.stack([np.flatnonzero(w) for w in winner])  # (num_repeats, num_ids) sampled entries
+    win_pids = g_pids[win_idx]
+    by_pid, sorted_pids = _by_identity(g_pids)
     ranks = np.arange(max_rank)
     cmcs, aps, inps = [], [], []
-    for start, order in ranked_chunks(distmat, chunk_rows):
-        for i in range(order.shape[0]):
-            qp, qc = q_pids[start + i], q_camids[start + i]
-            ranked = order[i]
-            kept = ranked[~((g_pids[ranked] == qp) & (g_camids[ranked] == qc))]
-            matches = g_pids[kept] == qp
-            res = single_query_metrics(matches, max_rank)
-            if res is None:
-                continue
-            pos = np.flatnonzero(matches)
-            chosen = pos[np.argmin(priority[:, kept[pos]], axis=1)]  # (num_repeats,) sampled true match
-            before = np.cumsum(winner[:, kept] & ~matches, axis=1)  # sampled other identities seen so far
-            rank = np.where(chosen > 0, before[np.arange(num_repeats), np.maximum(chosen - 1, 0)], 0)
-            cmcs.append((ranks[None, :] >= rank[:, None]).sum(axis=0) / num_repeats)
-            aps.append(res[1])
-            inps.append(res[2])
-    return _stack(cmcs, aps, inps, max_rank)
+    for start, block in _float_blocks(distmat, chunk_rows):
+        stop = start + block.shape[0]
+        rows, cols, pos = match_positions(block, q_pids[start:stop], q_camids[start:stop], g_camids, by_pid,
+                                          sorted_pids)
+        valid, _, ap, inp = _per_query_metrics(rows, pos, block.shape[0], max_rank)
+        first = np.searchsorted(rows, valid)
+        last = np.searchsorted(rows, valid, side="right")
+        cmc = np.empty((valid.size, max_rank))
+        for i, r in enumerate(valid):
+            matches = cols[first[i]:last[i]]
+            chosen = matches[np.argmin(priority[:, matches], axis=1)]  # (num_repeats,) sampled true match
+            chosen_key = order_keys(block[r, chosen], chosen)
+            before = (order_keys(block[r, win_idx], win_idx) < chosen_key[:, None]) & (win_pids != q_pids[start + r])
+            rank = np.count_nonzero(before, axis=1)  # sampled images of other identities ranked before it
+            cmc[i] = (ranks[None, :] >= rank[:, None]).sum(axis=0) / num_repeats
+        cmcs.append(cmc)
+        aps.append(ap)
+        inps.append(inp)
+    return _concat(cmcs, aps, inps, max_rank)
 
 
 def similarity_to_distance(scores):
