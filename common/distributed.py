@@ -222,6 +222,8 @@ class DistributedBatchSampler:
         """This rank's share of one global batch (raises ReidError when the batch cannot be split evenly)."""
         batch = [int(i) for i in batch]
         k, w = self.group_size, self.world_size
+        if w == 1:  # one process: the batch as it is (no check), exactly as without this wrapper
+            return batch
         if len(batch) % (k * w):
             raise ReidError(f"a global batch of {len(batch)} images is not {w} equal shares of whole groups of "
                             f"{k} ({len(batch) // max(k, 1)} identities for {w} processes)",

@@ -279,6 +279,7 @@ class SingleProcess(unittest.TestCase):
         self.assertIs(D.gather_features(x), x)
         batches = [list(b) for b in global_batches()]
         self.assertEqual(list(D.DistributedBatchSampler(global_batches(), K)), batches)
+        self.assertEqual(list(D.DistributedBatchSampler([[4, 1, 2]], 2, pids=[0, 1, 2, 3, 4])), [[4, 1, 2]])
         D.check_world_size(1)
         with self.assertRaises(ReidError):
             D.check_world_size(2)
