@@ -7,9 +7,11 @@ cross-domain model gives: nearly the whole gallery ranks before a query's last t
 are interleaved (for each repeat: every distance kind, then every backend) and the median is reported, so
 the ratios compare runs made under the same load. Both backends must report bit-identical figures.
 
-Reported ratios: NumPy / Cython for each matrix, and uniform / feature-like for each backend. The last
-column times a chunked stable argsort of every row alone (``ranked_chunks``: what the NumPy backend did
-before it stopped sorting), once, after the backends.
+Each cell has the wall time and the process CPU time (``time.process_time``); on a shared machine the CPU
+time is the steadier of the two, as the wall time also counts the time other processes hold the cores.
+Reported ratios (from both): NumPy / Cython for each matrix, and uniform / feature-like for each backend. The
+last column times a chunked stable argsort of every row alone (``ranked_chunks``: what the NumPy backend did
+before it stopped sorting), once, after the backends (wall time).
 
 Usage:
     python benchmarks/bench_eval.py [--sizes market,msmt] [--max-queries N] [--repeat R] [--protocol market]
@@ -99,19 +101,19 @@ def agree(a, b):
 
 
 def time_interleaved(matrices, ids, backends, repeat, **kw):
-    """Median wall time of every (distance kind, backend) pair over ``repeat`` interleaved rounds.
+    """Median wall and CPU times of every (distance kind, backend) pair over ``repeat`` interleaved rounds.
 
     Returns:
-        times {(kind, backend): seconds}, results {(kind, backend): evaluate_rank output}.
+        times {(kind, backend): (wall s, cpu s)}, results {(kind, backend): evaluate_rank output}.
     """
     samples, results = {}, {}
     for _ in range(repeat):
         for kind, distmat in matrices.items():
             for backend in backends:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 results[kind, backend] = evaluate_rank(distmat, *ids, use_cython=backend == "cython", **kw)
-                samples.setdefault((kind, backend), []).append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in samples.items()}, results
+                samples.setdefault((kind, backend), []).append((time.perf_counter() - t0, time.process_time() - c0))
+    return {k: tuple(statistics.median(x) for x in zip(*v)) for k, v in samples.items()}, results
 
 
 def main(argv=None):
@@ -151,23 +153,25 @@ def main(argv=None):
                 t_sort = time.perf_counter() - t0
             verdict = agree(results[kind, "numpy"], results.get((kind, "cython")))
             failed |= verdict.startswith("NO")
-            rows.append((name, kind, mat.shape, times[kind, "numpy"], times.get((kind, "cython"), float("nan")),
-                         t_sort, results[kind, "numpy"], verdict))
-            print(f"[{name}/{kind}] numpy {times[kind, 'numpy']:.3f} s, cython "
-                  f"{times.get((kind, 'cython'), float('nan')):.3f} s, argsort {t_sort:.2f} s", flush=True)
-    head = (f"{'size':<7} {'distances':<9} {'queries x gallery':>17} {'cython s':>9} {'numpy s':>8} "
-            f"{'numpy/cy':>9} {'argsort s':>10} {'R1':>6} {'mAP':>6} {'mINP':>6}  agree")
-    print(f"\nprotocol: {args.protocol}; median of {args.repeat} interleaved rounds; numpy/cy = numpy s / cython s;"
-          " argsort s = a chunked stable argsort of every row alone (once)\n" + head + "\n" + "-" * len(head))
+            t_np, t_cy = times[kind, "numpy"], times.get((kind, "cython"), (float("nan"),) * 2)
+            rows.append((name, kind, mat.shape, t_np, t_cy, t_sort, results[kind, "numpy"], verdict))
+            print(f"[{name}/{kind}] wall / cpu s: numpy {t_np[0]:.3f} / {t_np[1]:.3f}, cython {t_cy[0]:.3f} / "
+                  f"{t_cy[1]:.3f}, argsort {t_sort:.2f}", flush=True)
+    head = (f"{'size':<7} {'distances':<9} {'queries x gallery':>17} {'cython s':>15} {'numpy s':>15} "
+            f"{'numpy/cython':>13} {'argsort s':>9} {'R1':>6} {'mAP':>6} {'mINP':>6}  agree")
+    print(f"\nprotocol: {args.protocol}; median of {args.repeat} interleaved rounds; times and ratios as wall / cpu; "
+          "argsort s = a chunked stable argsort of every row alone (once, wall)\n" + head + "\n" + "-" * len(head))
     for name, kind, shape, t_np, t_cy, t_sort, res, verdict in rows:
-        print(f"{name:<7} {kind:<9} {shape[0]:>7} x {shape[1]:<7} {t_cy:>9.3f} {t_np:>8.3f} {t_np / t_cy:>8.1f}x "
-              f"{t_sort:>10.2f} {100 * res['rank1']:>6.2f} {100 * res['mAP']:>6.2f} {100 * res['mINP']:>6.2f}  "
+        print(f"{name:<7} {kind:<9} {shape[0]:>7} x {shape[1]:<7} {t_cy[0]:>7.3f} / {t_cy[1]:<5.3f} "
+              f"{t_np[0]:>7.3f} / {t_np[1]:<5.3f} {t_np[0] / t_cy[0]:>5.1f}x / {t_np[1] / t_cy[1]:<4.1f}x "
+              f"{t_sort:>9.2f} {100 * res['rank1']:>6.2f} {100 * res['mAP']:>6.2f} {100 * res['mINP']:>6.2f}  "
               f"{verdict}")
     by = {(r[0], r[1]): r for r in rows}
     for name in dict.fromkeys(r[0] for r in rows):
         if (name, "feature") in by and (name, "uniform") in by:
             f, u = by[name, "feature"], by[name, "uniform"]
-            print(f"{name}: uniform / feature-like time: cython {u[4] / f[4]:.2f}x, numpy {u[3] / f[3]:.2f}x")
+            print(f"{name}: uniform / feature-like time (wall / cpu): cython {u[4][0] / f[4][0]:.2f}x / "
+                  f"{u[4][1] / f[4][1]:.2f}x, numpy {u[3][0] / f[3][0]:.2f}x / {u[3][1] / f[3][1]:.2f}x")
     return 1 if failed else 0
 
 

@@ -2,18 +2,21 @@
 """Cython ranking protocols (Market-1501 and CUHK03 classic), bit-identical to the NumPy versions.
 
 Both backends rank a query's gallery in the order of a stable ascending argsort of the float32 distances:
-ties go to the lower gallery index, NaN comes last. Here each entry gets one unsigned 64-bit key that sorts in
-exactly that order: the float32 bits mapped to an order-preserving integer (-0.0 read as +0.0, every NaN as the
-largest value) in the high 32 bits and the gallery index in the low 32 bits. All keys of a row are distinct, so
-the position of a true match in the filtered ranking is a count of smaller keys, and no sort of the gallery is
-needed.
+ties go to the lower gallery index, NaN comes last. Here each entry has one unsigned 64-bit key that sorts in
+exactly that order (``_key``: the float32 bits mapped to an order-preserving integer, -0.0 read as +0.0 and
+every NaN as the largest value, in the high 32 bits; the gallery index in the low 32 bits). All keys of a row
+are distinct, so the position of a true match in the filtered ranking is a count of smaller keys and no sort
+of the gallery is needed.
 
-Per query: the true matches (and the removed same-identity, same-camera entries) come from a gallery index
-grouped by identity, and only the true matches' keys are sorted. One pass over the row then drops every entry
-that ranks after the last true match (one well-predicted compare) and bins the others between the sorted match
-keys with a branch-free binary search (its number of steps depends only on the number of matches, so uniform
-distances, where almost every entry needs it, cost little more than feature-like ones). Same-identity entries
-are counted by that pass too and taken out again afterwards. Per-query AP / INP / CMC use the same float64
+Per query: the true matches and the removed same-identity, same-camera entries come from the gallery grouped
+by identity, and only the true matches' keys are sorted. One pass over the row then skips every entry ranked
+after the last true match (one well-predicted compare; most entries for a good model) and counts the others
+between consecutive matches. Counting does not search: a monotone affine map sends each distance to one of 64
+buckets per true match, a table built per query gives the bin of every bucket that holds no match, and only
+entries in a bucket holding one take the exact (branch-free) binary search on the keys. Weak rankings (almost
+the whole gallery before the last match, as with uniform distances) so cost little more than good ones.
+Same-identity entries are counted by that pass too and taken out afterwards. Rows whose first or last match
+distance is not finite use the binary search for every entry. Per-query AP / INP / CMC use the same float64
 operations, in the same order, as ``common.eval.rank``.
 Distances are cast to float32 a chunk of query rows at a time (no copy when already float32, C-contiguous).
 """
@@ -25,8 +28,9 @@ from libc.string cimport memcpy
 
 # Query rows are cast to float32 in chunks of about this many (row, gallery) elements.
 CHUNK_ELEMENTS = 1 << 24
-# Most buckets of the per-query distance table (32 per true match).
-DEF MAX_BUCKETS = 1 << 16
+# Most buckets of the per-query distance table (64 per true match).
+cdef enum:
+    MAX_BUCKETS = 1 << 16
 cdef float INF32 = float("inf")
 
 
@@ -118,7 +122,7 @@ ctypedef struct Work:
     uint64_t* keys     # (num_gallery,) sorted keys of the current query's kept true matches
     uint64_t* removed  # (num_gallery,) keys of its removed entries (same identity and camera)
     int64_t* pos       # (num_gallery + 1,) bin counts, then positions
-    int32_t* table     # (MAX_BUCKETS + 2,) bin of each distance bucket, -1 where a match falls
+    int32_t* table     # (MAX_BUCKETS + 2,) bin of each distance bucket, -1 where a true match falls
     int64_t* hist      # (MAX_BUCKETS + 2,) entries per bucket
 
 
@@ -142,8 +146,8 @@ cdef inline int64_t _bucket(float d, float lo, float scale, int64_t top) noexcep
 
 cdef inline void _bin_by_table(const float[::1] row, const uint64_t* keys, int64_t n, Work* w,
                                int64_t num_buckets, float lo, float scale) noexcept nogil:
-    """Same counts as ``_bin_by_search`` when the first and last match distances ``lo`` < ``hi`` are finite
-    and ``scale`` = num_buckets / (hi - lo) is finite.
+    """Same counts as ``_bin_by_search`` when the first and last match distances ``lo`` < ``hi`` and
+    hi - lo are finite and ``scale`` = num_buckets / (hi - lo) is finite (so no entry below ``hi`` overflows).
 
     ``_bucket`` is monotone, so bucket(d) < bucket(m) implies d < m and bucket(d) > bucket(m) implies d > m:
     all entries of a bucket that holds no true match lie between the same two matches, and ``table`` stores
@@ -217,7 +221,7 @@ cdef int64_t _match_positions(const float[::1] row, int64_t qc, const int64_t[::
     hi = row[<int64_t>(last & 0xFFFFFFFFu)]
     num_buckets = min(max(64 * n, 64), MAX_BUCKETS)
     scale = <float>num_buckets / (hi - lo)
-    if n > 1 and lo < hi and -INF32 < lo and hi < INF32 and scale < INF32:
+    if n > 1 and lo < hi and -INF32 < lo and hi - lo < INF32 and scale < INF32:
         _bin_by_table(row, keys, n, w, num_buckets, lo, scale)
     else:
         _bin_by_search(row, keys, n, pos)

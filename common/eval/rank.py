@@ -137,7 +137,8 @@ def match_positions(block: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray,
     of true match t of a query in its filtered list (same identity and camera removed) is
     (entries of the row ranked before it) - (same-identity entries ranked before it) + (matches before it).
     The first term only involves entries at or below the query's last match: they are selected with one
-    compare per entry, and only they are sorted, as bare float32 values.
+    compare per entry, and only they are sorted, as bare float32 values (the whole row when they are most of
+    it), then searched for each match.
 
     Args:
         block (np.ndarray): (rows, num_gallery) float32 distances.
@@ -172,11 +173,12 @@ def match_positions(block: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray,
     last_val[valid] = vals[first[valid] + num[valid] - 1]
     last_val[np.isnan(last_val) & (num > 0)] = np.inf  # a NaN last match: every non-NaN entry precedes it
     selected = block <= last_val[:, None]
-    sel_start = np.concatenate(([0], np.cumsum(np.count_nonzero(selected, axis=1))))
-    cand = block[selected]
+    num_selected = np.count_nonzero(selected, axis=1)
     for r in valid:
         seg = slice(first[r], first[r] + num[r])
-        ranked = np.sort(cand[sel_start[r]:sel_start[r + 1]])
+        # weak ranking (most of the row selected): sorting the whole row is cheaper than extracting first; the
+        # extra entries rank after the last match and change no count below
+        ranked = np.sort(block[r] if 2 * num_selected[r] > num_g else block[r][selected[r]])
         v = vals[seg]
         below = np.searchsorted(ranked, v, side="left")  # a NaN match: all non-NaN entries
         tied = np.flatnonzero(np.searchsorted(ranked, v, side="right") - below > 1)
