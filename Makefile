@@ -26,7 +26,7 @@ test: eval_cylib
 # on the CPU, evaluate, and print rank-1/5/10, mAP, mINP beside the untrained model and a colour histogram.
 DEMO_ARGS ?= --dataset synthetic -a resnet18 --no-pretrained --height 128 --width 64 --epochs 20 \
 	--warmup-epochs 2 --milestones 14 18 --eval-period 0 --workers 2 --exp-dir exp/demo --run-name demo \
-	--no-auto-resume --compare-histogram
+	--no-auto-resume --compare-histogram --visualize-queries 6
 
 demo: eval_cylib
 	rm -rf exp/demo/crossmodal_bot/synthetic/demo

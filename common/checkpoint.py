@@ -82,14 +82,25 @@ def save_checkpoint(path: str, state: Dict[str, Any], args: Optional[Dict[str, A
     Args:
         path: target file, e.g. ``<run_dir>/checkpoint.pth``.
         state: tensors, state dicts and plain Python values only (so it loads with ``weights_only=True``).
-        args: resolved arguments (``vars(args)``); stored inside the checkpoint and as ``args.json``.
+        args: resolved arguments (``vars(args)``); stored inside the checkpoint and as ``{"args": ...}`` in the
+            ``args.json`` beside it (the run's own args.json keeps its argv / git / environment entries).
     Returns:
         path.
     """
     state = dict(state)
     if args is not None:
         state["args"] = json.loads(json.dumps(args, default=str))
-        atomic_write_json(os.path.join(os.path.dirname(os.path.abspath(path)), "args.json"), state["args"])
+        side = os.path.join(os.path.dirname(os.path.abspath(path)), "args.json")
+        info = {}
+        if os.path.isfile(side):  # the run's own args.json (argv, git, env): keep it, refresh the args
+            try:
+                with open(side) as f:
+                    info = json.load(f)
+            except (OSError, ValueError):
+                info = {}
+        info = info if isinstance(info, dict) and "args" in info else {}
+        info["args"] = state["args"]
+        atomic_write_json(side, info)
     atomic_write_bytes(path, lambda f: torch.save(state, f))
     return path
 

@@ -65,3 +65,10 @@ def run_main(main: Callable, argv=None, logger_name: str = "reid") -> None:
                 h.flush()
         print(text, file=sys.stderr)
         sys.exit(2)
+
+
+class UnknownName(ReidError, ValueError):
+    """A key that is not one of the known ones (dataset, architecture); the message lists the choices."""
+
+    def __init__(self, what: str, fix: str = "", where: str = ""):
+        super().__init__(what, fix, where)

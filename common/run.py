@@ -2,7 +2,9 @@
 
 Layout of ``<exp-dir>/<method>/<dataset>/<run-name>/``::
 
-    args.json        resolved args + argv + git sha + environment
+    args.json        resolved args + argv + git sha + environment of the training run (one file per mode:
+                     args_test.json, args_visualize.json for the other modes, so they never overwrite it)
+    .lock            pid of the process writing the folder (one writer per run folder)
     log.txt          human-readable log (also printed)
     metrics.jsonl    one JSON object per logged step / epoch
     results.json     final figures per test set
@@ -21,6 +23,7 @@ from typing import Any, Dict, Optional
 
 from common.checkpoint import atomic_write_json
 from common.env import collect_env, git_sha, seed_everything, select_device
+from common.errors import ReidError
 
 LOGGER_NAME = "reid"
 
@@ -87,11 +90,20 @@ def _plain(v):
 class Run:
     """Handles of one run: folder, logger, device, metrics and results writers."""
 
-    def __init__(self, run_dir: str, args, device, logger: logging.Logger, writer: MetricWriter):
+    def __init__(self, run_dir: str, args, device, logger: logging.Logger, writer: MetricWriter,
+                 lock: Optional["RunLock"] = None, mode: str = "train"):
         self.dir, self.args, self.device, self.logger, self.writer = run_dir, args, device, logger, writer
+        self.lock, self.mode = lock, mode
         self.checkpoint_path = os.path.join(run_dir, "checkpoint.pth")
         self.results_path = os.path.join(run_dir, "results.json")
         self.start_time = time.time()
+
+    def stored_results(self) -> Dict[str, Any]:
+        """results.json as written so far ({} when none)."""
+        if not os.path.exists(self.results_path):
+            return {}
+        with open(self.results_path) as f:
+            return json.load(f)
 
     def log(self, msg: str, *fmt_args) -> None:
         self.logger.info(msg, *fmt_args)
@@ -114,6 +126,144 @@ class Run:
         self.writer.close()
         for h in list(self.logger.handlers):
             h.flush()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+# ----------------------------------------------------------------------------------------------- one writer
+class RunLock:
+    """``<run>/.lock`` holding ``pid host``: one process writes a run folder at a time.
+
+    A lock whose process is gone (killed run) is taken over; a live one stops the second run with a message.
+    """
+
+    def __init__(self, run_dir: str):
+        self.path = os.path.join(run_dir, ".lock")
+        self.taken_over: Optional[str] = None
+        self._held = False
+
+    def acquire(self) -> "RunLock":
+        import socket
+        me = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and _alive(*owner):
+                    raise ReidError(f"another run (pid {owner[0]} on {owner[1]}) is writing this run folder",
+                                    fix="wait for it to finish, or pass another --run-name; if that process is "
+                                        "really gone, delete the .lock file", where=self.path)
+                self.taken_over = "unreadable lock" if owner is None else f"pid {owner[0]}"
+                try:
+                    os.remove(self.path)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me + "\n")
+            self._held = True
+            return self
+        raise ReidError("could not take the run folder's lock", where=self.path)
+
+    def _owner(self):
+        try:
+            with open(self.path) as f:
+                pid, host = f.read().split()[:2]
+            return int(pid), host
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self._held:
+            owner = self._owner()
+            if owner is not None and owner[0] == os.getpid():
+                os.remove(self.path)
+            self._held = False
+
+
+def _alive(pid: int, host: str) -> bool:
+    import socket
+    if host != socket.gethostname():
+        return True  # another machine's process: cannot tell, so respect it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_temporary_files(run_dir: str) -> list:
+    """Delete ``*.tmp`` / ``*.tmp.*`` leftovers of an interrupted atomic write (under the run folder's lock)."""
+    removed = []
+    for dirpath, _, files in os.walk(run_dir):
+        for name in files:
+            if name.endswith(".tmp") or ".tmp." in name:
+                os.remove(os.path.join(dirpath, name))
+                removed.append(os.path.join(dirpath, name))
+    return removed
+
+
+# ----------------------------------------------------------------------------------------------- resume checks
+#: flags that may change between a run and its resume: they do not change what the weights become.
+RESUME_ALLOWED = frozenset({
+    "epochs", "workers", "progress", "print_freq", "tensorboard", "resume", "auto_resume", "evaluate", "mode",
+    "data_dir", "exp_dir", "device", "no_cython", "test_batch_size", "eval_period", "testset", "compare_histogram",
+    "explicit", "output_path", "market_path", "duke_path", "keep_checkpoints", "resume_train_epoch",
+    "resume_test_epoch", "resume_visualize_epoch", "visualize_queries", "visualize_topk", "visualize_pairs",
+    "save_score", "check_images", "nonfinite_patience", "gs_verbose", "gs_save", "do_rerank", "do_tlift",
+    "test_fea_batch", "test_gal_batch", "test_prob_batch", "test_dtype", "tau", "sigma", "tlift_k", "alpha",
+    "distance", "flip_test", "test_metric", "sysu_mode", "sysu_shots", "sysu_trials", "run_name",
+})
+
+
+def has_checkpoint(run_dir: str) -> bool:
+    for _, _, files in os.walk(run_dir):
+        if any(f.endswith((".pth", ".pth.tar")) for f in files):
+            return True
+    return False
+
+
+def check_resume_args(run_dir: str, args, allowed=RESUME_ALLOWED) -> None:
+    """Stop when a run folder that will be resumed was trained with other args.
+
+    Compares ``args.json`` (the stored training args) with ``vars(args)`` on every key both have, except
+    ``allowed``; a difference is a :class:`ReidError` naming each flag, both values and the two ways out.
+    """
+    path = os.path.join(run_dir, "args.json")
+    if not os.path.isfile(path) or not has_checkpoint(run_dir):
+        return
+    with open(path) as f:
+        stored = json.load(f)
+    stored = stored.get("args", stored)
+    now = json.loads(json.dumps(vars(args), default=str))
+    diffs = [(k, stored[k], now[k]) for k in sorted(stored) if k in now and k not in allowed and stored[k] != now[k]]
+    if diffs:
+        lines = "; ".join(f"--{k.replace('_', '-')}: {a!r} in the run, {b!r} now" for k, a, b in diffs)
+        raise ReidError(f"this run folder holds a run trained with other settings ({lines})",
+                        fix="pass --run-name NAME to start a new run beside it, or --no-auto-resume to train "
+                            "this folder from scratch (its checkpoints are overwritten); or repeat the stored "
+                            "values to resume it", where=run_dir)
+
+
+def resume_wanted(args) -> bool:
+    return bool(getattr(args, "resume", "")) or bool(getattr(args, "auto_resume", True))
+
+
+def args_file_name(mode: str) -> str:
+    return "args.json" if mode == "train" else f"args_{mode}.json"
+
+
+def summary_line(args) -> str:
+    """The few args a reader checks first; everything else is in the args file."""
+    a = vars(args)
+    parts = [f"{a.get('dataset')} -> {','.join(a.get('testset') or [])}", f"arch {a.get('arch')}",
+             f"input {a.get('height')}x{a.get('width')}", f"batch {a.get('batch_size')}", f"lr {a.get('lr'):g}"
+             if isinstance(a.get("lr"), (int, float)) else "", f"epochs {a.get('epochs')}", f"seed {a.get('seed')}"]
+    return " | ".join(p for p in parts if p)
 
 
 def run_dir_for(args, method: str) -> str:
@@ -123,26 +273,64 @@ def run_dir_for(args, method: str) -> str:
     return os.path.join(args.exp_dir, method, args.dataset, args.run_name)
 
 
-def setup_run(args, method: str, extra_info: Optional[Dict[str, Any]] = None) -> Run:
-    """Create the run folder, logger and metrics writer; seed; pick the device; write ``args.json``.
+def run_mode(args) -> str:
+    mode = getattr(args, "mode", None)
+    if mode:
+        return mode
+    return "test" if getattr(args, "evaluate", False) else "train"
+
+
+def setup_run(args, method: str, extra_info: Optional[Dict[str, Any]] = None, mode: Optional[str] = None,
+              resume_allowed=RESUME_ALLOWED) -> Run:
+    """Create (or re-open) the run folder under its lock, check a resume, set up logging, seed, pick the device and
+    write the mode's args file.
+
+    Everything that can be checked without the folder (datasets, weight files, flags) should be checked by the
+    method *before* this call, so that a failed start leaves no folder behind.
 
     Args:
         args: resolved ``argparse.Namespace`` (see :func:`common.cli.resolve_common`).
         method: the method folder name, e.g. ``crossmodal_bot``.
-        extra_info: more facts for args.json (e.g. the evaluator backend).
+        extra_info: more facts for the args file (e.g. the evaluator backend).
+        mode: ``train`` (args.json), ``test`` (args_test.json), ``visualize``; default from ``args.mode`` /
+            ``args.evaluate``.
+        resume_allowed: args that may differ from a stored training run that is resumed.
     Returns:
         the :class:`Run`.
+    Raises:
+        ReidError: the folder is locked by a live process, or a resume would use other args (see
+            :func:`check_resume_args`).
     """
+    mode = mode or run_mode(args)
     run_dir = run_dir_for(args, method)
-    os.makedirs(run_dir, exist_ok=True)
-    logger = setup_logger(os.path.join(run_dir, "log.txt"))
-    seed_everything(args.seed, getattr(args, "deterministic", False))
-    device = select_device(getattr(args, "device", "auto"))
-    info = {"args": vars(args), "argv": sys.argv, "method": method, "git": git_sha(), "env": collect_env(),
-            "device": str(device), **(extra_info or {})}
-    atomic_write_json(os.path.join(run_dir, "args.json"), info)
-    logger.info("run folder: %s", run_dir)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as e:
+        raise ReidError(f"cannot create the run folder ({e.strerror})", where=run_dir,
+                        fix="pass an --exp-dir you can write to")
+    if not os.access(run_dir, os.W_OK):
+        raise ReidError("the run folder is not writable", where=run_dir, fix="pass an --exp-dir you can write to")
+    lock = RunLock(run_dir).acquire()
+    try:
+        removed = clean_temporary_files(run_dir)
+        if mode == "train" and resume_wanted(args):
+            check_resume_args(run_dir, args, resume_allowed)
+        logger = setup_logger(os.path.join(run_dir, "log.txt"))
+        seed_everything(args.seed, getattr(args, "deterministic", False))
+        device = select_device(getattr(args, "device", "auto"))
+    except BaseException:
+        lock.release()
+        raise
+    info = {"args": vars(args), "argv": sys.argv, "method": method, "mode": mode, "git": git_sha(),
+            "env": collect_env(), "device": str(device), **(extra_info or {})}
+    args_file = os.path.join(run_dir, args_file_name(mode))
+    atomic_write_json(args_file, info)
+    logger.info("run folder: %s (%s)", run_dir, mode)
+    if lock.taken_over:
+        logger.info("took over the lock of a run that is gone (%s)", lock.taken_over)
+    for path in removed:
+        logger.info("removed an interrupted write: %s", path)
     logger.info("git %s%s | torch %s | device %s", info["git"].get("sha"),
                 " (dirty)" if info["git"].get("dirty") else "", info["env"]["torch"], device)
-    logger.info("args: %s", json.dumps(vars(args), sort_keys=True, default=str))
-    return Run(run_dir, args, device, logger, MetricWriter(run_dir, getattr(args, "tensorboard", True)))
+    logger.info("%s (all args: %s)", summary_line(args), args_file)
+    return Run(run_dir, args, device, logger, MetricWriter(run_dir, getattr(args, "tensorboard", True)), lock, mode)

@@ -24,7 +24,8 @@ import sys
 if __package__ in (None, ""):  # `python crossmodal_bot/main.py`: put the repo root (not the cwd) on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common.cli import base_parser, resolve_common  # noqa: E402
+from common.cli import HelpFormatter, base_parser, parse_args, resolve_common  # noqa: E402
+from common.errors import ReidError, run_main  # noqa: E402
 
 _TRAIN_DATASET_ALIASES = {"market_train": "market", "duke_train": "duke", "market2duke_train": "market",
                           "duke2market_train": "duke"}
@@ -32,7 +33,7 @@ _TRAIN_DATASET_ALIASES = {"market_train": "market", "duke_train": "duke", "marke
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("crossmodal_bot", parents=[base_parser()],
-                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     description=__doc__, formatter_class=HelpFormatter)
     g = parser.add_argument_group("Bag of Tricks")
     g.add_argument("--mode", choices=["train", "test", "visualize"], default="train")
     g.add_argument("--train_dataset", dest="dataset", type=lambda s: _TRAIN_DATASET_ALIASES.get(s, s),
@@ -82,7 +83,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume_visualize_epoch", dest="resume_visualize_epoch", type=int, default=-1,
                    help="checkpoint epoch to visualize (-1: latest)")
     g.add_argument("--visualize-queries", dest="visualize_queries", type=int, default=0,
-                   help="number of queries to visualize (0: all)")
+                   help="number of queries to visualize (0: all); in training mode, N > 0 also writes the ranked "
+                        "lists of the first N queries after the final evaluation")
     g.add_argument("--visualize-topk", dest="visualize_topk", type=int, default=10)
     g.add_argument("--compare-histogram", dest="compare_histogram", action="store_true",
                    help="also evaluate the colour-histogram reference and the untrained model")
@@ -104,35 +106,36 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     args.dataset = canonical_name(args.dataset)
     if args.evaluate:
         if args.mode == "visualize":
-            raise SystemExit("--evaluate means --mode test; it cannot be combined with --mode visualize")
+            raise ReidError("--evaluate means --mode test; it cannot be combined with --mode visualize",
+                            fix="drop --evaluate to visualize, or drop --mode visualize to test")
         args.mode = "test"
     if args.image_size:
         args.height, args.width = args.image_size
     if args.p:
         args.batch_size = args.p * args.num_instances
     if args.batch_size % args.num_instances:
-        raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of --k {args.num_instances}")
-    if not args.testset:
-        args.testset = "market,duke" if args.dataset in ("market", "duke") else args.dataset
-    resolve_common(args)
+        raise ReidError(f"--batch-size {args.batch_size} must be a multiple of --k {args.num_instances}",
+                        fix="pass a batch size that is P * K (or --p P to set it)")
+    resolve_common(args)  # --testset defaults to the training set; the papers' cross-dataset lists are in the README
     args.testset = [canonical_name(t) for t in args.testset]
     return args
 
 
 def main(argv=None) -> dict:
     """Parse ``argv`` and run the chosen mode. Returns the evaluation results (train/test) or the grid paths."""
-    args = resolve_args(get_parser().parse_args(argv))
+    args = resolve_args(parse_args(get_parser(), argv))
     from crossmodal_bot import modes as engine
+    datasets = engine.preflight(args)
     run = engine.setup(args)
     try:
         if args.mode == "train":
-            return engine.train(args, run)
+            return engine.train(args, run, datasets)
         if args.mode == "test":
-            return engine.test(args, run)
-        return engine.visualize(args, run)
+            return engine.test(args, run, datasets)
+        return engine.visualize(args, run, datasets)
     finally:
         run.close()
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

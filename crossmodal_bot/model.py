@@ -82,7 +82,7 @@ def build_backbone(arch: str = "resnet50", last_stride: int = 1, pretrained: boo
     net = getattr(torchvision.models, arch)(weights=None)
     info = None
     if pretrained or pretrained_path:
-        info = load_backbone_weights(net, find_weights(arch, pretrained_path), arch, strict=False, drop_fc=True)
+        info = load_backbone_weights(net, find_weights(arch, pretrained_path), arch, drop_fc=True)
     set_last_stride(net, last_stride)
     backbone = ResNetBackbone(net, stem_relu=stem_relu)
     backbone.pretrained_info = info

@@ -10,13 +10,17 @@ import numpy as np
 import torch
 
 from common.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from common.cli import adopt_stored_args
 from common.datasets import build_dataset
 from common.datasets.base import records_arrays
 from common.env import seed_everything
+from common.errors import ReidError
 from common.eval.distance import compute_distmat
 from common.eval.rank import IS_CYTHON_AVAILABLE
 from common.eval.report import results_table
-from common.run import Run, setup_run
+from common.guard import DivergenceGuard, check_finite_parameters
+from common.preflight import check_images, check_pretrained, check_resume_file, dataset_images, load_datasets
+from common.run import Run, run_dir_for, setup_run
 from crossmodal_bot.data import build_bot_train_loader
 from crossmodal_bot.evaluate import evaluate_histogram, evaluate_model, extract_query_gallery
 from crossmodal_bot.evaluate_sysu import sysu_trial_view
@@ -29,9 +33,41 @@ METHOD = "crossmodal_bot"
 SYNTHETIC_KEYS = ("synthetic", "synthetic_sysu")  # generated on first use; ``--synthetic-ids`` sets their size
 
 
+#: what test / visualize take from the checkpoint's training args (an explicit flag that disagrees is an error)
+MODEL_KEYS = ("arch", "height", "width", "last_stride", "neck", "neck_feat", "stem")
+
+
 def setup(args) -> Run:
     backend = "cython" if IS_CYTHON_AVAILABLE and not args.no_cython else "numpy"
     return setup_run(args, METHOD, extra_info={"evaluator_backend": backend})
+
+
+def preflight(args) -> Dict:
+    """Everything the run needs, checked before its folder exists: every dataset (training and test sets), every
+    image (``--check-images``), the ImageNet file (training), the checkpoint (test / visualize, ``--resume``).
+
+    Returns:
+        {key: dataset} for the training set (training mode) and every test set.
+    """
+    check_resume_file(args.resume)
+    keys = ([args.dataset] if args.mode == "train" else []) + list(args.testset)
+    datasets = load_datasets(keys, lambda key: load_dataset(args, key))
+    if args.mode == "train":
+        check_pretrained(args.arch, args.pretrained, args.pretrained_path)
+    else:
+        ckpt = find_checkpoint_in(run_dir_for(args, METHOD), epoch_for_mode(args), args.resume)
+        if ckpt is None:
+            raise ReidError(f"--mode {args.mode}: no checkpoint in {run_dir_for(args, METHOD)}/checkpoints",
+                            fix="train first with the same --dataset/--run-name (or --output_path), or pass "
+                                "--resume PATH")
+    if args.check_images:
+        check_images(dataset_images(datasets.values()), args.progress)
+    return datasets
+
+
+def epoch_for_mode(args) -> int:
+    return {"test": args.resume_test_epoch, "visualize": args.resume_visualize_epoch}.get(args.mode,
+                                                                                         args.resume_train_epoch)
 
 
 def load_dataset(args, key: str, verbose: bool = True):
@@ -52,26 +88,31 @@ def build_model(args, num_classes: int, pretrained: Optional[bool] = None) -> Ba
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
-def checkpoint_path(run: Run, epoch: int) -> str:
-    return os.path.join(run.dir, "checkpoints", f"ckpt_ep{epoch:03d}.pth")
+def checkpoint_path(run, epoch: int) -> str:
+    """``<run>/checkpoints/ckpt_ep<epoch>.pth``; ``run`` is a :class:`Run` or a run folder."""
+    return os.path.join(getattr(run, "dir", run), "checkpoints", f"ckpt_ep{epoch:03d}.pth")
 
 
-def saved_epochs(run: Run) -> List[int]:
-    files = glob.glob(os.path.join(run.dir, "checkpoints", "ckpt_ep*.pth"))
+def saved_epochs(run) -> List[int]:
+    files = glob.glob(os.path.join(getattr(run, "dir", run), "checkpoints", "ckpt_ep*.pth"))
     return sorted(int(re.search(r"ckpt_ep(\d+)\.pth$", f).group(1)) for f in files)
 
 
-def find_checkpoint(run: Run, epoch: int, explicit: str = "") -> Optional[str]:
+def find_checkpoint_in(run_dir: str, epoch: int, explicit: str = "") -> Optional[str]:
     """``explicit`` if given, else the checkpoint of ``epoch`` (>= 0), else the latest one (None if none)."""
     if explicit and explicit != "auto":
         return explicit
-    epochs = saved_epochs(run)
+    epochs = saved_epochs(run_dir)
     if epoch >= 0:
         if epoch not in epochs:
-            raise FileNotFoundError(f"no checkpoint for epoch {epoch} in {run.dir}/checkpoints (saved: {epochs}). "
-                                    f"Fix: pick one of the saved epochs, or keep more with --max_save_model_num 0.")
-        return checkpoint_path(run, epoch)
-    return checkpoint_path(run, epochs[-1]) if epochs else None
+            raise ReidError(f"no checkpoint for epoch {epoch} in {run_dir}/checkpoints (saved: {epochs})",
+                            fix="pick one of the saved epochs, or keep more with --max_save_model_num 0")
+        return checkpoint_path(run_dir, epoch)
+    return checkpoint_path(run_dir, epochs[-1]) if epochs else None
+
+
+def find_checkpoint(run: Run, epoch: int, explicit: str = "") -> Optional[str]:
+    return find_checkpoint_in(run.dir, epoch, explicit)
 
 
 def prune_checkpoints(run: Run, keep: int) -> None:
@@ -100,9 +141,11 @@ def report(args, run: Run, rows) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- modes
-def train(args, run: Run) -> Dict[str, Dict]:
-    train_set = load_dataset(args, args.dataset)
-    datasets = {args.dataset: train_set} if not args.combine_all else {}
+def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
+    datasets = dict(datasets or {})
+    train_set = datasets.pop(args.dataset) if args.dataset in datasets else load_dataset(args, args.dataset)
+    if not args.combine_all:  # with --combine-all the training set's test split is in training: test a fresh one
+        datasets[args.dataset] = train_set
     loader = build_bot_train_loader(train_set, args)
     model = build_model(args, train_set.num_train_pids).to(run.device)
     criterion = build_loss(train_set.num_train_pids, args.margin, args.label_smooth, args.center_loss_weight,
@@ -130,6 +173,8 @@ def train(args, run: Run) -> Dict[str, Dict]:
         set_rng_state(state["rng"])
         start_epoch = state["epoch"]
         run.log(f"resumed from {ckpt} (epoch {start_epoch})")
+        if start_epoch >= args.epochs:
+            return report_finished(args, run, start_epoch)
     elif args.compare_histogram:  # the reference rows, measured before any training step
         for key, res in evaluate_all(args, run, model, "untrained", datasets).items():
             rows.append((f"untrained {args.arch} / {key}", res))
@@ -140,14 +185,16 @@ def train(args, run: Run) -> Dict[str, Dict]:
             rows.append((f"colour histogram / {key}", res))
         seed_everything(args.seed)
 
-    results = {}
+    results, guard = {}, DivergenceGuard(args.nonfinite_patience)
     for epoch in range(start_epoch, args.epochs):
         loader.set_epoch(epoch)
         torch.manual_seed(epoch_seed(args.seed, epoch))
         stats = train_one_epoch(model, loader, criterion, optimizer, run.device, epoch, center_opt,
                                 args.center_loss_weight, args.amp, scaler, args.max_batches, args.print_freq,
                                 run.log, args.progress,
-                                on_step=lambda step, s: run.log_metrics(step, prefix="iter", **s))
+                                on_step=lambda step, s: run.log_metrics(step, prefix="iter", **s), guard=guard,
+                                num_epochs=args.epochs)
+        check_finite_parameters(model, where=f"after epoch {epoch + 1}")
         scheduler.step()
         run.log(f"epoch {epoch + 1}/{args.epochs} " + " ".join(f"{k} {v:.4g}" for k, v in stats.items()))
         run.log_metrics(epoch + 1, prefix="train", **stats)
@@ -171,34 +218,56 @@ def train(args, run: Run) -> Dict[str, Dict]:
     rows += [(f"trained {args.arch} / {k}", r) for k, r in results.items()]
     if rows:
         report(args, run, rows)
+    if args.visualize_queries > 0 and results:  # a few ranked lists of the trained model (make demo)
+        write_ranked_lists(args, run, model, datasets)
+    return results
+
+
+def report_finished(args, run: Run, epoch: int) -> Dict[str, Dict]:
+    """A re-run of a finished run: say so and print its stored results (nothing is trained or overwritten)."""
+    stored = run.stored_results()
+    results = {k: stored[k] for k in args.testset if k in stored}
+    run.log(f"this run is finished (epoch {epoch} of {args.epochs}); its results ({run.results_path}):")
+    if results:
+        report(args, run, [(f"trained {args.arch} / {k}", r) for k, r in results.items()])
+    run.log("to train longer pass a larger --epochs; to start again pass --run-name NAME or --no-auto-resume")
     return results
 
 
 def _load_for_eval(args, run: Run, epoch: int):
     ckpt = find_checkpoint(run, epoch, args.resume)
     if ckpt is None:
-        raise FileNotFoundError(f"no checkpoint in {run.dir}/checkpoints. Fix: train first with the same "
-                                f"--dataset/--arch/--seed (or --output_path), or pass --resume PATH.")
+        raise ReidError(f"no checkpoint in {run.dir}/checkpoints",
+                        fix="train first with the same --dataset/--run-name (or --output_path), or pass --resume PATH")
     state = load_checkpoint(ckpt, map_location=run.device)
+    taken = adopt_stored_args(args, state.get("args") or {}, MODEL_KEYS, ckpt)
+    if taken:
+        run.log("from the checkpoint's training args: " + ", ".join(f"{k}={getattr(args, k)}" for k in taken))
     model = build_model(args, state["num_classes"], pretrained=False).to(run.device)
     model.load_state_dict(state["state_dict"])
     run.log(f"loaded {ckpt} (epoch {state['epoch']})")
     return model, state["epoch"]
 
 
-def test(args, run: Run) -> Dict[str, Dict]:
+def test(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
     model, epoch = _load_for_eval(args, run, args.resume_test_epoch)
-    results = evaluate_all(args, run, model, f"test_epoch{epoch}", {})
+    results = evaluate_all(args, run, model, f"test_epoch{epoch}", dict(datasets or {}))
     report(args, run, [(f"{args.dataset} -> {k}", r) for k, r in results.items()])
     return results
 
 
-def visualize(args, run: Run) -> List[str]:
-    from common.eval.visualize import visualize_ranked_results
+def visualize(args, run: Run, datasets: Optional[Dict] = None) -> List[str]:
     model, _ = _load_for_eval(args, run, args.resume_visualize_epoch)
+    return write_ranked_lists(args, run, model, datasets or {})
+
+
+def write_ranked_lists(args, run: Run, model, datasets: Dict) -> List[str]:
+    """Ranked-list pictures (query, then the top-k with rank, id and camera drawn; green = true match) of the first
+    ``--visualize-queries`` queries of every test set, under ``<run>/ranked_images/<testset>/``."""
+    from common.eval.visualize import visualize_ranked_results
     written = []
     for key in args.testset:
-        ds = load_dataset(args, key)
+        ds = datasets[key] if key in datasets else load_dataset(args, key)
         qf, gf = extract_query_gallery(model, ds, args.height, args.width, run.device, args.test_batch_size,
                                        args.workers, args.flip_test, args.amp, args.progress)
         distmat, gallery, topk, what = ranking_to_show(args, ds, compute_distmat(qf.feats, gf.feats,

@@ -6,9 +6,10 @@ import time
 from typing import Callable, Dict, Optional
 
 import torch
-from tqdm import tqdm
 
+from common.guard import DivergenceGuard
 from common.meters import MeterDict
+from common.progress import bar as progress_bar, interactive
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -21,7 +22,8 @@ def train_one_epoch(model: torch.nn.Module, loader, criterion: Callable, optimiz
                     center_weight: float = 0.0,
                     amp: bool = False, scaler: Optional[torch.amp.GradScaler] = None, max_batches: int = 0,
                     print_freq: int = 20, log: Callable[[str], None] = print, progress: bool = True,
-                    on_step: Optional[Callable[[int, Dict[str, float]], None]] = None) -> Dict[str, float]:
+                    on_step: Optional[Callable[[int, Dict[str, float]], None]] = None,
+                    guard: Optional[DivergenceGuard] = None, num_epochs: int = 0) -> Dict[str, float]:
     """Train for one epoch.
 
     Args:
@@ -32,16 +34,22 @@ def train_one_epoch(model: torch.nn.Module, loader, criterion: Callable, optimiz
             0.5) after their gradient is rescaled by ``1 / center_weight``, as the official code does.
         amp: autocast (fp16) on CUDA; ignored on CPU.
         max_batches: stop after this many batches (0 = the whole epoch).
-        on_step: called with (global step, scalars) after every iteration (TensorBoard).
+        on_step: called with (global step, scalars) after every trained iteration (TensorBoard).
+        guard: a batch whose loss is not finite is skipped (no optimiser step) and counted by the guard, which
+            stops training after ``--nonfinite-patience`` consecutive ones.
+        num_epochs: total epochs, for the progress display (``epoch 3/20``, 1-based as the log).
     Returns:
-        epoch averages: loss, its parts, accuracy, images/s.
+        epoch averages: loss, its parts, accuracy, images/s, ``skipped`` (batches with a non-finite loss).
     """
     model.train()
     meters = MeterDict()
     use_amp = amp and device.type == "cuda"
     total = len(loader) if not max_batches else min(max_batches, len(loader))
-    bar = tqdm(total=total, desc=f"epoch {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
-    start, seen = time.time(), 0
+    name = f"epoch {epoch + 1}" + (f"/{num_epochs}" if num_epochs else "")
+    guard = guard if guard is not None else DivergenceGuard()
+    bar = progress_bar(total=total, desc=name, progress=progress)
+    plain = not interactive(progress)
+    start, seen, skipped = time.time(), 0, 0
     for i, (imgs, pids, _, _) in enumerate(loader):
         if max_batches and i >= max_batches:
             break
@@ -52,6 +60,10 @@ def train_one_epoch(model: torch.nn.Module, loader, criterion: Callable, optimiz
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             logits, feat = model(imgs)
             loss, parts = criterion(logits.float(), feat.float(), pids)
+        if not guard.ok(loss, where=f"{name}, iteration {i + 1}"):
+            skipped += 1
+            bar.update(1)
+            continue
         if scaler is not None and use_amp:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -70,10 +82,11 @@ def train_one_epoch(model: torch.nn.Module, loader, criterion: Callable, optimiz
         bar.set_postfix(loss=f"{meters.meters['loss'].avg:.3f}", acc=f"{meters.meters['acc'].avg:.3f}")
         if on_step is not None:
             on_step(epoch * total + i, {"loss": loss.item(), "acc": acc, **parts})
-        if print_freq and (i + 1) % print_freq == 0 and not progress:
-            log(f"epoch {epoch} [{i + 1}/{total}] {meters}")
+        if print_freq and (i + 1) % print_freq == 0 and plain:
+            log(f"{name} [{i + 1}/{total}] {meters}")
     bar.close()
     stats = meters.averages()
+    stats["skipped"] = skipped
     stats["images_per_s"] = seen / max(time.time() - start, 1e-9)
     stats["lr"] = optimizer.param_groups[0]["lr"]
     return stats

@@ -11,37 +11,35 @@ from __future__ import annotations
 import argparse
 from typing import Dict, List, Optional
 
-from common.cli import base_parser, resolve_common
+from common.cli import HelpFormatter, base_parser, parse_args as parse_with_explicit, positive_int, resolve_common
+from common.errors import ReidError
 
 CLASS_MEMORY_VERSIONS = ("1.0", "1.1", "1.2")
 GRAPH_SAMPLING_VERSIONS = ("2.0", "2.1")
 
 _COMMON = dict(arch="resnet50", final_layer="layer3", height=384, width=128, workers=8, test_fea_batch=256,
-               testset="cuhk03_np_detected,msmt", min_size=0.0, max_size=0.8, amp=False, clip_value=0.0,
+               paper_testset="cuhk03_np_detected,msmt", min_size=0.0, max_size=0.8, amp=False, clip_value=0.0,
                pre_epochs=0, step_factor=1.0, margin=16.0, num_instance=0, loss="class_memory", gs_pre_epochs=0,
                gs_rerank=False)
 
 PRESETS: Dict[str, Dict] = {
     # ECCV'20 release: neck 128 (conv + BN), batch 32, lr 0.01, 60 epochs decayed at 40, flip + occlusion.
     "1.0": dict(_COMMON, batch_size=32, neck=128, ibn="none", lr=0.01, epochs=60, step_size=40,
-                testset="duke,market", test_fea_batch=64, test_gal_batch=128, test_prob_batch=4096,
-                sub_method="res50_layer3"),
+                paper_testset="duke,market", test_fea_batch=64, test_gal_batch=128, test_prob_batch=4096),
     # 1.1: 10 pre-training trials, augmentation switched on at --acc_thr (flip + occlusion).
     "1.1": dict(_COMMON, batch_size=8, neck=64, ibn="none", lr=0.005, epochs=15, step_size=10, pre_epochs=1,
-                testset="duke,market", test_fea_batch=64, test_gal_batch=4, test_prob_batch=4096,
-                sub_method="res50_layer3"),
+                paper_testset="duke,market", test_fea_batch=64, test_gal_batch=4, test_prob_batch=4096),
     # 1.2 (the v2.0 release's main.py): as 1.1, switching to the full augmentation.
     "1.2": dict(_COMMON, batch_size=8, neck=64, ibn="none", lr=0.005, epochs=15, step_size=10, pre_epochs=1,
-                test_fea_batch=64, test_gal_batch=4, test_prob_batch=4096, sub_method="res50_layer3"),
+                test_fea_batch=64, test_gal_batch=4, test_prob_batch=4096),
     # CVPR'22 first release (main_gs.py): GS with K=4, pairwise matching loss, re-ranked class graph.
     "2.0": dict(_COMMON, batch_size=64, neck=64, ibn="b", lr=0.001, epochs=15, step_size=10, clip_value=512.0,
                 num_instance=4, loss="pairwise", gs_pre_epochs=1, gs_rerank=True, test_fea_batch=64,
-                test_gal_batch=4, test_prob_batch=4096, amp=True,
-                sub_method="res50-layer3-f64_pre1_clip512_lr3_bs64-k4_ep15s10"),
+                test_gal_batch=4, test_prob_batch=4096, amp=True),
     # QAConv 2.1 = repository HEAD: GS with K=2, batch-hard triplet on QAConv scores, adaptive schedule, AMP.
     "2.1": dict(_COMMON, batch_size=64, neck=128, ibn="b", lr=0.005, epochs=60, step_size=0, step_factor=0.7,
                 clip_value=8.0, num_instance=2, loss="triplet", test_gal_batch=128, test_prob_batch=128,
-                amp=True, sub_method="res50-ibnb-layer3"),
+                amp=True),
 }
 
 
@@ -62,7 +60,11 @@ def add_qaconv_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--step_factor", "--step-factor", dest="step_factor", type=float,
                    help="2.1 adaptive schedule: decay when the loss drops below this fraction of epoch 2's "
                         "(>= 1: fixed decay after that epoch)")
-    g.add_argument("--max_epochs", "--max-epochs", dest="epochs", type=int, help="alias of --epochs (2.1 name)")
+    g.add_argument("--max_epochs", "--max-epochs", dest="epochs", type=positive_int,
+                   help="alias of --epochs (2.1 name)")
+    g.add_argument("--paper-testsets", dest="paper_testsets", action="store_true",
+                   help="test on the release's cross-dataset test sets (1.0/1.1: duke,market; 1.2/2.x: "
+                        "cuhk03_np_detected,msmt) instead of the training set")
     g.add_argument("--clip_value", "--clip-value", dest="clip_value", type=float,
                    help="gradient-norm clipping of model and matcher (<= 0: off)")
     g.add_argument("--freeze-bn", "--freeze_bn", dest="freeze_bn", action=argparse.BooleanOptionalAction,
@@ -124,14 +126,15 @@ def add_qaconv_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("bookkeeping (original flags)")
     g.add_argument("--method", default="QAConv", help="label stored in results (original flag)")
     g.add_argument("--sub_method", "--sub-method", dest="sub_method",
-                   help="run folder name when --run-name is not given (original flag)")
+                   help="run folder name when --run-name is not given (original flag; default "
+                        "<arch>[-ibn<x>]-<final_layer>-v<version>-s<seed>)")
     g.add_argument("--auto-resume", dest="auto_resume", action=argparse.BooleanOptionalAction, default=True,
                    help="resume from the run folder's checkpoint when one exists")
 
 
 def build_parser(prog: str, description: str, versions) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog, parents=[base_parser()], description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_qaconv_args(parser)
     parser.set_defaults(version=versions[-1])
     parser._qaconv_versions = tuple(versions)  # noqa: SLF001 - read by parse_args below
@@ -146,17 +149,13 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None
         parser.error(f"--version {pre.version} belongs to the other script: {parser.prog} runs {', '.join(allowed)} "
                      f"(class memory: qaconv/main.py --version 1.x; graph sampling: qaconv/main_gs.py).")
     preset = dict(PRESETS[pre.version])
-    default_testset = preset.pop("testset")
+    paper_testset = preset.pop("paper_testset")
     parser.set_defaults(**preset)
-    args = parser.parse_args(argv)
-    if args.testset is None:  # the release's cross-dataset test sets; the synthetic data tests on itself
-        args.testset = "synthetic" if canonical_dataset(args.dataset) == "synthetic" else default_testset
-    return resolve_args(args)
-
-
-def canonical_dataset(name: str) -> str:
-    from common.datasets import canonical_name
-    return canonical_name(name)
+    args = parse_with_explicit(parser, argv)
+    args.paper_testset = paper_testset
+    if args.testset is None and args.paper_testsets:
+        args.testset = paper_testset
+    return resolve_args(args)  # otherwise --testset defaults to the training set
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -165,7 +164,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     args.dataset = canonical_name(args.dataset)
     args.ibn = None if args.ibn in (None, "none") else args.ibn
     if not args.run_name:
-        args.run_name = args.sub_method or ""
+        args.run_name = args.sub_method or default_run_name(args)
     if args.freeze_bn is None:
         args.freeze_bn = args.version in GRAPH_SAMPLING_VERSIONS
     if args.resume == "ori":  # the original's "load <output dir>/checkpoint" spelling
@@ -174,11 +173,18 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     args.testset = [canonical_name(t) for t in args.testset]
     if args.version in GRAPH_SAMPLING_VERSIONS:
         if args.loss == "class_memory":
-            raise SystemExit("--loss class_memory belongs to QAConv 1.x: run qaconv/main.py for it.")
+            raise ReidError("--loss class_memory belongs to QAConv 1.x", fix="run qaconv/main.py for it")
         if args.num_instance <= 0 or args.batch_size % args.num_instance:
-            raise SystemExit(f"--batch-size {args.batch_size} must be a positive multiple of --num_instance "
-                             f"{args.num_instance} (graph sampling batches are classes x K images).")
+            raise ReidError(f"--batch-size {args.batch_size} must be a positive multiple of --num_instance "
+                            f"{args.num_instance} (graph sampling batches are classes x K images)",
+                            fix="pass a batch size that is a multiple of --num_instance")
     elif args.loss != "class_memory":
-        raise SystemExit(f"qaconv/main.py trains with the class-memory loss; --loss {args.loss} needs "
-                         f"qaconv/main_gs.py.")
+        raise ReidError(f"qaconv/main.py trains with the class-memory loss; --loss {args.loss} needs "
+                        f"qaconv/main_gs.py", fix="run qaconv/main_gs.py for it")
     return args
+
+
+def default_run_name(args: argparse.Namespace) -> str:
+    """``<arch>[-ibn<x>]-<final_layer>-v<version>-s<seed>``: the arguments that make a different model."""
+    ibn = f"-ibn{args.ibn}" if args.ibn else ""
+    return f"{args.arch}{ibn}-{args.final_layer}-v{args.version}-s{args.seed}"

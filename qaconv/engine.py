@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from common.checkpoint import load_checkpoint, save_checkpoint
+from common.cli import adopt_stored_args
 from common.data.dataset import ImageDataset
 from common.data.loaders import EpochDataLoader, EpochWorkerSeeder, build_train_loader
 from common.data.samplers import mix_seed
@@ -27,7 +28,10 @@ from common.eval.distance import compute_distmat
 from common.eval.histogram import histogram_features_of_records
 from common.eval.rank import IS_CYTHON_AVAILABLE, evaluate_rank
 from common.eval.report import results_table
-from common.run import Run, setup_run
+from common.errors import ReidError
+from common.guard import DivergenceGuard, check_finite_parameters
+from common.preflight import check_images, check_pretrained, check_resume_file, dataset_images, load_datasets
+from common.run import Run, run_dir_for, setup_run
 from qaconv import transforms as QT
 from qaconv.config import CLASS_MEMORY_VERSIONS
 from qaconv.evaluate import evaluate_model, extract_feature_maps, pairwise_scores, score_to_distance
@@ -38,6 +42,8 @@ from qaconv.model import (QAConv, ResMap, load_original_checkpoint, matcher_stat
 from qaconv.trainer import AdaptiveSchedule, StepSchedule, pretrain_trials, train_one_epoch
 
 METHOD = "qaconv"
+#: what --evaluate takes from the checkpoint's training args (an explicit flag that disagrees is an error)
+MODEL_KEYS = ("arch", "ibn", "final_layer", "neck", "height", "width", "version")
 
 
 # ----------------------------------------------------------------------------------------------- building
@@ -139,15 +145,42 @@ def seed_epoch(seed: int, epoch: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
-def resume_path(args, run: Run) -> Optional[str]:
+def resume_path(args, run) -> Optional[str]:
+    """The checkpoint to resume / evaluate; ``run`` is a :class:`Run` or a run folder."""
+    own = os.path.join(getattr(run, "dir", run), "checkpoint.pth")
     if args.resume and args.resume != "auto":
         return args.resume
-    if (args.resume == "auto" or args.auto_resume or args.evaluate) and os.path.isfile(run.checkpoint_path):
-        return run.checkpoint_path
+    if (args.resume == "auto" or args.auto_resume or args.evaluate) and os.path.isfile(own):
+        return own
     if args.resume == "auto":
-        raise FileNotFoundError(f"--resume auto: no checkpoint at {run.checkpoint_path}. Fix: train first with the "
-                                f"same --dataset/--run-name (or --sub_method), or pass --resume PATH.")
+        raise ReidError(f"--resume auto: no checkpoint at {own}",
+                        fix="train first with the same --dataset/--run-name (or --sub_method), or pass --resume PATH")
     return None
+
+
+def weights_name(args) -> str:
+    """The ImageNet / IBN-Net file the backbone loads (see common.weights)."""
+    depth = "".join(ch for ch in args.arch if ch.isdigit())
+    ibn = None if args.ibn in (None, "none") else args.ibn
+    return f"resnet{depth}" + (f"_ibn_{ibn}" if ibn else "")
+
+
+def preflight(args) -> Dict:
+    """Checked before the run folder exists: every dataset, every image (``--check-images``), the ImageNet file
+    (training), the checkpoint (``--evaluate``, ``--resume``). Returns {key: dataset}."""
+    check_resume_file(args.resume)
+    keys = ([] if args.evaluate else [args.dataset]) + list(args.testset)
+    datasets = load_datasets(keys, lambda key: load_dataset(args, key))
+    if args.evaluate:
+        if resume_path(args, run_dir_for(args, METHOD)) is None:
+            raise ReidError(f"--evaluate: no checkpoint at {os.path.join(run_dir_for(args, METHOD), 'checkpoint.pth')}",
+                            fix="train first with the same --dataset/--run-name, or pass --resume PATH (ours or "
+                                "the original's checkpoint.pth.tar)")
+    else:
+        check_pretrained(weights_name(args), args.pretrained, args.pretrained_path)
+    if args.check_images:
+        check_images(dataset_images(datasets.values()), args.progress)
+    return datasets
 
 
 def read_checkpoint(path: str, device) -> Tuple[Dict, Dict, Dict]:
@@ -233,8 +266,12 @@ def visualize_matches(args, run: Run, model: ResMap, matcher: QAConv, datasets: 
                                  args.workers, amp=args.amp, progress=False)
         g = extract_feature_maps(model, ds.gallery, args.height, args.width, run.device, args.test_fea_batch,
                                  args.workers, amp=args.amp, progress=False)
-        best = pairwise_scores(matcher, q.feats, g.feats, args.test_prob_batch, args.test_gal_batch,
-                               device=run.device).argmax(1).tolist()
+        score = pairwise_scores(matcher, q.feats, g.feats, args.test_prob_batch, args.test_gal_batch,
+                                device=run.device)
+        q_pids, q_cams, _ = records_arrays(ds.query[:n])
+        g_pids, g_cams, _ = records_arrays(ds.gallery)
+        junk = torch.from_numpy((q_pids[:, None] == g_pids[None]) & (q_cams[:, None] == g_cams[None]))
+        best = score.masked_fill(junk, float("-inf")).argmax(1).tolist()  # the protocol ignores same id + camera
         pairs = [(ds.query[i], ds.gallery[j]) for i, j in enumerate(best)]
         written += visualize_pairs(model, matcher, pairs, args.height, args.width,
                                    os.path.join(run.dir, "matches", key), device=run.device)
@@ -262,10 +299,12 @@ def reset_for_trial(model: ResMap, criterion: torch.nn.Module, base_state: Dict)
         criterion.reset()
 
 
-def train(args, run: Run) -> Dict[str, Dict]:
+def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
     device = run.device
-    train_set = load_dataset(args, args.dataset)
-    datasets = {args.dataset: train_set} if not args.combine_all else {}
+    datasets = dict(datasets or {})
+    train_set = datasets.pop(args.dataset) if args.dataset in datasets else load_dataset(args, args.dataset)
+    if not args.combine_all:
+        datasets[args.dataset] = train_set
     model = build_model(args).to(device)
     matcher = build_matcher(args, model).to(device)
     criterion = build_criterion(args, matcher, train_set.num_train_pids).to(device)
@@ -276,7 +315,7 @@ def train(args, run: Run) -> Dict[str, Dict]:
         sampler = GraphSampler(train_set.train, class_distance_fn(args, model, matcher, train_set.train, device),
                                args.batch_size, args.num_instance, seed=args.seed, verbose=args.gs_verbose,
                                log=run.log, rerank=args.gs_rerank, pre_epochs=args.gs_pre_epochs)
-    aug_switched, start_epoch, rows = False, 0, []
+    aug_switched, start_epoch, rows, global_step = False, 0, [], None
     epoch_kwargs = dict(freeze_bn=args.freeze_bn, amp=args.amp, clip_value=args.clip_value)
 
     ckpt = resume_path(args, run)
@@ -293,7 +332,10 @@ def train(args, run: Run) -> Dict[str, Dict]:
         if sampler is not None and "sampler" in rest:
             sampler.load_state_dict(rest["sampler"])
         aug_switched = bool(rest.get("aug_switched", False))
+        global_step = rest.get("global_step")
         run.log(f"resumed from {ckpt} (epoch {start_epoch})")
+        if start_epoch >= min(args.epochs, schedule.final_epochs):
+            return report_finished(args, run, start_epoch)
     else:
         if args.compare_histogram:
             for key, res in evaluate_sets(args, run, model, matcher, "untrained", datasets).items():
@@ -314,14 +356,17 @@ def train(args, run: Run) -> Dict[str, Dict]:
 
     loader = build_loader(args, train_set.train, QT.regime_for(args.version, aug_switched), sampler)
     run.log(f"augmentation: {QT.describe(loader.dataset.transform)}")
-    stats, epoch = {}, start_epoch
-    stop = start_epoch >= schedule.final_epochs
-    for epoch in range(start_epoch, args.epochs if not stop else start_epoch):
+    stats, epoch, guard = {}, start_epoch, DivergenceGuard(args.nonfinite_patience)
+    global_step = start_epoch * len(loader) if global_step is None else int(global_step)
+    for epoch in range(start_epoch, args.epochs):
         seed_epoch(args.seed, epoch)
         loader.set_epoch(epoch)
         stats = train_one_epoch(model, criterion, optimizer, loader, device, epoch, max_batches=args.max_batches,
                                 progress=args.progress, print_freq=args.print_freq, log=run.log,
-                                on_step=lambda step, s: run.log_metrics(step, prefix="iter", **s), **epoch_kwargs)
+                                on_step=lambda step, s: run.log_metrics(step, prefix="iter", **s), guard=guard,
+                                step_offset=global_step, num_epochs=args.epochs, **epoch_kwargs)
+        global_step += stats["iterations"] + stats["skipped"]
+        check_finite_parameters(model, criterion, where=f"after epoch {epoch + 1}")
         lrs = [g["lr"] for g in optimizer.param_groups]
         stop = schedule.step(epoch + 1, stats["loss"], optimizer)
         run.log(f"epoch {epoch + 1}: loss {stats['loss']:.4g} acc {stats['acc']:.2%} lr "
@@ -338,7 +383,7 @@ def train(args, run: Run) -> Dict[str, Dict]:
                         f"{QT.describe(loader.dataset.transform)}")
         state = {"model": model.state_dict(), "criterion": criterion.state_dict(), "optim": optimizer.state_dict(),
                  "epoch": epoch + 1, "schedule": schedule.state_dict(), "aug_switched": aug_switched,
-                 "version": args.version, "num_classes": train_set.num_train_pids}
+                 "version": args.version, "num_classes": train_set.num_train_pids, "global_step": global_step}
         if isinstance(schedule, AdaptiveSchedule):  # the original's own keys, for its --resume
             state.update(final_epochs=schedule.final_epochs, base_loss=schedule.base_loss,
                          lr_stepped=schedule.lr_stepped)
@@ -364,20 +409,35 @@ def train(args, run: Run) -> Dict[str, Dict]:
     return results
 
 
-def evaluate_only(args, run: Run) -> Dict[str, Dict]:
+def report_finished(args, run: Run, epoch: int) -> Dict[str, Dict]:
+    """A re-run of a finished run: say so and print its stored results (nothing is trained or overwritten)."""
+    stored = run.stored_results()
+    results = {k: stored[k] for k in args.testset if k in stored}
+    run.log(f"this run is finished (epoch {epoch}); its results ({run.results_path}):")
+    if results:
+        run.log("\n" + results_table(result_rows(f"trained {args.arch}", results), title=f"{args.dataset} -> "
+                                     f"{','.join(args.testset)}  (percent; stored results)"))
+    run.log("to train longer pass a larger --epochs; to start again pass --run-name NAME or --no-auto-resume")
+    return results
+
+
+def evaluate_only(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
     """``--evaluate``: load ``--resume PATH`` (ours or the original's ``checkpoint.pth.tar``) or the run's own."""
     ckpt = resume_path(args, run)
     if ckpt is None:
-        raise FileNotFoundError(f"--evaluate: no checkpoint at {run.checkpoint_path}. Fix: train first with the same "
-                                f"--dataset/--run-name, or pass --resume PATH (ours or the original's "
-                                f"checkpoint.pth.tar).")
+        raise ReidError(f"--evaluate: no checkpoint at {run.checkpoint_path}",
+                        fix="train first with the same --dataset/--run-name, or pass --resume PATH (ours or the "
+                            "original's checkpoint.pth.tar)")
     model_state, crit_state, rest = read_checkpoint(ckpt, run.device)
+    taken = adopt_stored_args(args, rest.get("args") or {}, MODEL_KEYS, ckpt)
+    if taken:
+        run.log("from the checkpoint's training args: " + ", ".join(f"{k}={getattr(args, k)}" for k in taken))
     model = build_model(args, pretrained=False).to(run.device)
     model.load_state_dict(model_state)
     matcher = build_matcher(args, model).to(run.device)
     matcher.load_state_dict(matcher_state_from_criterion(crit_state))
     run.log(f"loaded {ckpt} (epoch {rest.get('epoch')})")
-    datasets: Dict = {}
+    datasets = dict(datasets or {})
     results = evaluate_sets(args, run, model, matcher, f"evaluate_epoch{rest.get('epoch')}", datasets)
     run.log("\n" + results_table(result_rows(f"{args.dataset}", results), title="evaluation (percent)"))
     if args.visualize_pairs:
@@ -386,8 +446,9 @@ def evaluate_only(args, run: Run) -> Dict[str, Dict]:
 
 
 def run_main(args) -> Dict[str, Dict]:
+    datasets = preflight(args)
     run = setup(args)
     try:
-        return evaluate_only(args, run) if args.evaluate else train(args, run)
+        return evaluate_only(args, run, datasets) if args.evaluate else train(args, run, datasets)
     finally:
         run.close()

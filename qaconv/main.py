@@ -37,4 +37,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from common.errors import run_main as run_guarded  # expected errors: one message block, exit status 2
+    run_guarded(main)

@@ -4,7 +4,7 @@ k-reciprocal re-ranking and TLift at test time.
 
 Examples::
 
-    python qaconv/main_gs.py --dataset market --testset cuhk03_np_detected,msmt --pretrained-path resnet50_ibn_b.pth
+    python qaconv/main_gs.py --dataset market --paper-testsets --pretrained-path resnet50_ibn_b.pth   # cuhk03_np_detected,msmt
     python qaconv/main_gs.py --dataset msmt --combine_all --testset cuhk03_np_detected,market
     python qaconv/main_gs.py --version 2.0 --dataset randperson --epochs 4 --step_size 2
     python qaconv/main_gs.py --dataset synthetic -a resnet18 --ibn none --no-pretrained --height 128 --width 64
@@ -38,4 +38,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from common.errors import run_main as run_guarded  # expected errors: one message block, exit status 2
+    run_guarded(main)

@@ -16,16 +16,19 @@ from typing import Callable, Dict, Optional
 
 import torch
 from torch.nn.utils import clip_grad_norm_
-from tqdm import tqdm
 
+from common.guard import DivergenceGuard
 from common.meters import MeterDict
+from common.progress import bar as progress_bar, interactive
 
 
 def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, optimizer: torch.optim.Optimizer, loader,
                     device: torch.device, epoch: int, freeze_bn: bool = True, amp: bool = False,
                     clip_value: float = 8.0, max_batches: int = 0, progress: bool = True, print_freq: int = 0,
                     log: Callable[[str], None] = print,
-                    on_step: Optional[Callable[[int, Dict[str, float]], None]] = None) -> Dict[str, float]:
+                    on_step: Optional[Callable[[int, Dict[str, float]], None]] = None,
+                    guard: Optional[DivergenceGuard] = None, step_offset: Optional[int] = None,
+                    num_epochs: int = 0) -> Dict[str, float]:
     """Train ``model`` and ``criterion`` for one pass over ``loader``.
 
     Args:
@@ -43,7 +46,11 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, optimize
         progress: tqdm bar.
         print_freq: log every N iterations when the bar is off (0 = never).
         log: logging function.
-        on_step: called with (global step, {'loss', 'acc'}) after every trained iteration.
+        on_step: called with (global step, {'loss', 'acc'}) after every trained iteration; the global step is
+            ``step_offset + i`` (default ``epoch * len(loader)``; graph-sampling epochs differ in length, so the
+            engine passes the running count and the step never repeats).
+        guard: counts batches with no finite loss; stops training after ``--nonfinite-patience`` in a row.
+        num_epochs: total epochs, for the progress display (``epoch 3/20``).
     Returns:
         {'loss', 'acc' (epoch means over samples of trained batches), 'skipped' (batches without a finite loss),
          'images_per_s', 'lr' (the first group's), 'iterations'}.
@@ -52,7 +59,11 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, optimize
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     meters = MeterDict()
     total = len(loader) if not max_batches else min(max_batches, len(loader))
-    bar = tqdm(total=total, desc=f"epoch {epoch + 1}", disable=not progress, leave=False, dynamic_ncols=True)
+    name = f"epoch {epoch + 1}" + (f"/{num_epochs}" if num_epochs else "")
+    bar = progress_bar(total=total, desc=name, progress=progress)
+    plain = not interactive(progress)
+    guard = guard if guard is not None else DivergenceGuard(10 ** 9)
+    step0 = epoch * total if step_offset is None else step_offset
     start, seen, skipped, trained = time.time(), 0, 0, 0
     for i, batch in enumerate(loader):
         if max_batches and i >= max_batches:
@@ -65,7 +76,7 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, optimize
             loss_vec, acc_vec = criterion(model(imgs), pids)
         bar.update(1)
         finite = torch.isfinite(loss_vec)
-        if not bool(finite.any()):
+        if not guard.ok(0.0 if bool(finite.any()) else float("nan"), where=f"{name}, iteration {i + 1}"):
             skipped += 1
             continue
         loss, acc = loss_vec[finite].float().mean(), acc_vec[finite].float().mean()
@@ -81,9 +92,9 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, optimize
         meters.update(n=imgs.size(0), loss=loss.item(), acc=acc.item())
         bar.set_postfix(loss=f"{meters.meters['loss'].avg:.3f}", acc=f"{meters.meters['acc'].avg:.3f}")
         if on_step is not None:
-            on_step(epoch * total + i, {"loss": loss.item(), "acc": acc.item()})
-        if print_freq and not progress and (i + 1) % print_freq == 0:
-            log(f"epoch {epoch + 1} [{i + 1}/{total}] {meters}")
+            on_step(step0 + i, {"loss": loss.item(), "acc": acc.item()})
+        if print_freq and plain and (i + 1) % print_freq == 0:
+            log(f"{name} [{i + 1}/{total}] {meters}")
     bar.close()
     stats = meters.averages() if trained else {"loss": float("nan"), "acc": 0.0}
     stats.update(skipped=skipped, iterations=trained, images_per_s=seen / max(time.time() - start, 1e-9),

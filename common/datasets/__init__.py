@@ -49,7 +49,8 @@ def canonical_name(name: str) -> str:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in _FACTORY:
-        raise ValueError(f"unknown dataset '{name}'. Choose one of: {', '.join(names())} "
+        from common.errors import UnknownName
+        raise UnknownName(f"unknown dataset '{name}'. Choose one of: {', '.join(names())} "
                          f"(aliases: {', '.join(sorted(_ALIASES))}).")
     return key
 

@@ -28,6 +28,8 @@ from typing import Dict, List, Tuple
 
 from tqdm import tqdm
 
+from common.progress import interactive
+
 from common.datasets.synthetic_person import appearance
 from common.datasets.synthetic_scene import render_image
 from common.datasets.synthetic_plan import ImageJob, plan_jobs
@@ -104,7 +106,7 @@ def generate(cfg: SynthConfig, out: str, workers: int = 1, progress: bool = True
         meta_sysu = {"ir_cams": [c.index + 1 for c in net.cameras if c.ir], "images": len(items),
                      "train_ids": lists["train"], "val_ids": lists["val"], "test_ids": lists["test"]}
     bar = tqdm(total=len(tasks), desc=f"synthetic {cfg.name()}", unit="img", file=sys.stderr,
-               disable=not progress, mininterval=1.0)
+               disable=not interactive(progress), mininterval=1.0)  # no bar fragments in captured logs
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             for _ in pool.imap_unordered(_render_task, tasks, chunksize=16):

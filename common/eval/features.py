@@ -8,7 +8,8 @@ from typing import Callable, Iterator, NamedTuple, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+
+from common.progress import bar as progress_bar
 
 
 class Features(NamedTuple):
@@ -91,7 +92,7 @@ def extract_features(model: torch.nn.Module, loader, device, flip: bool = False,
     feats, pids, camids, indices = [], [], [], []
     seen = 0
     with inference_context(model), torch.inference_mode():
-        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        for batch in progress_bar(desc=desc, progress=progress, iterable=loader):
             images, b_pids, b_cams = batch[0], batch[1], batch[2]
             n = images.shape[0]
             b_idx = batch[3] if len(batch) > 3 else torch.arange(seen, seen + n)

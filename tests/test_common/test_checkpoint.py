@@ -30,7 +30,7 @@ class TestCheckpoint(unittest.TestCase):
             self.assertEqual(ck["epoch"], 3)
             self.assertEqual(ck["args"], {"lr": 1e-3, "arch": "x"})
             with open(os.path.join(d, "run", "args.json")) as f:
-                self.assertEqual(json.load(f)["arch"], "x")
+                self.assertEqual(json.load(f)["args"]["arch"], "x")
             m2 = torch.nn.Linear(4, 3)
             m2.load_state_dict(ck["state_dict"])
             for a, b in zip(model.parameters(), m2.parameters()):

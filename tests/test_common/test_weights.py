@@ -229,15 +229,24 @@ class TestCrossmodalBotPretrained(unittest.TestCase):
         self.assertEqual(info["path"], path)
         self.assertEqual(model.classifier.weight.shape, (5, 512))  # fc.* dropped, our classifier kept
 
-    def test_lenient_with_unexpected_keys(self):
+    def test_mismatched_keys_stop_the_run(self):
+        # issue 8.3: a file whose keys do not match must not load half-way (or nothing) and train from scratch
         torch.manual_seed(6)
         state = torchvision.models.resnet18(weights=None).state_dict()
-        state["extra.weight"] = torch.zeros(1)
         with tempfile.TemporaryDirectory() as tmp:
+            extra = dict(state, **{"extra.weight": torch.zeros(1)})
             path = os.path.join(tmp, "r18.pth")
-            torch.save({"state_dict": state}, path)
+            torch.save({"state_dict": extra}, path)
+            with self.assertRaisesRegex(RuntimeError, r"unexpected keys \['extra.weight'\]"):
+                build_backbone("resnet18", pretrained=True, pretrained_path=path)
+            prefixed = {"backbone." + k: v for k, v in state.items()}  # nothing matches: used to load nothing
+            torch.save(prefixed, path)
+            with self.assertRaisesRegex(RuntimeError, "missing keys .*conv1.weight.*unexpected keys .*backbone"):
+                build_backbone("resnet18", pretrained=True, pretrained_path=path)
+            reid_fc = dict(state, **{"fc.weight": torch.zeros(7, 512), "fc.bias": torch.zeros(7)})
+            torch.save(reid_fc, path)  # the expected mismatch: another classifier, dropped
             backbone = build_backbone("resnet18", pretrained=True, pretrained_path=path)
-        self.assertEqual(backbone.pretrained_info["unexpected"], ["extra.weight"])
+        self.assertEqual((backbone.pretrained_info["missing"], backbone.pretrained_info["unexpected"]), ([], []))
         torch.testing.assert_close(backbone.conv1.weight, state["conv1.weight"])
 
     def test_load_from_torchvision_cache(self):

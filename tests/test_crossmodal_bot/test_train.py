@@ -13,6 +13,7 @@ import unittest
 
 import torch
 
+from common.errors import ReidError
 from common.checkpoint import load_checkpoint
 from tests.e2e import ROOT, Workspace
 
@@ -89,7 +90,7 @@ class TestEvaluateFlag(unittest.TestCase):
         self.assertEqual(self.resolve("--evaluate").mode, "test")
         self.assertEqual(self.resolve("--mode", "train", "--evaluate").mode, "test")
         self.assertEqual(self.resolve("--mode", "test", "--evaluate").mode, "test")
-        with self.assertRaises(SystemExit) as ctx:
+        with self.assertRaises(ReidError) as ctx:
             self.resolve("--mode", "visualize", "--evaluate")
         self.assertIn("--evaluate", str(ctx.exception))
 

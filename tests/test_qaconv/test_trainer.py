@@ -7,6 +7,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from common.errors import ReidError
+
 from qaconv import transforms as QT
 from qaconv.trainer import AdaptiveSchedule, StepSchedule, pretrain_trials, train_one_epoch
 
@@ -112,7 +114,13 @@ class TestPresets(unittest.TestCase):
                          ("2.1", 64, 2, 16.0, 0.005, 60, 0.7))
         self.assertEqual((a.neck, a.ibn, a.clip_value, a.loss, a.height, a.width, a.freeze_bn),
                          (128, "b", 8.0, "triplet", 384, 128, True))
-        self.assertEqual(a.testset, ["cuhk03_np_detected", "msmt"])
+        self.assertEqual(a.testset, ["market"])  # issue 8.1: the training set unless asked otherwise
+        self.assertEqual(self.parse("main_gs", "--paper-testsets").testset, ["cuhk03_np_detected", "msmt"])
+        self.assertEqual(self.parse("main", "--version", "1.0", "--paper-testsets").testset, ["duke", "market"])
+        self.assertEqual(a.run_name, "resnet50-ibnb-layer3-v2.1-s0")  # issue 8.4: named from what makes the model
+        self.assertEqual(self.parse("main_gs", "-a", "resnet18", "--ibn", "none", "--seed", "3").run_name,
+                         "resnet18-layer3-v2.1-s3")
+        self.assertEqual(self.parse("main_gs", "--sub_method", "mine").run_name, "mine")
         self.assertEqual((a.test_gal_batch, a.test_prob_batch, a.test_fea_batch), (128, 128, 256))
 
     def test_v12_and_v10_defaults_and_overrides(self):
@@ -130,9 +138,9 @@ class TestPresets(unittest.TestCase):
     def test_wrong_script_and_bad_batch(self):
         with self.assertRaises(SystemExit):
             self.parse("main", "--version", "2.1")
-        with self.assertRaises(SystemExit):
+        with self.assertRaisesRegex(ReidError, "qaconv/main.py"):
             self.parse("main_gs", "--loss", "class_memory")
-        with self.assertRaises(SystemExit):
+        with self.assertRaisesRegex(ReidError, "multiple of --num_instance"):
             self.parse("main_gs", "-b", "15", "--num_instance", "2")
 
 
