@@ -25,7 +25,7 @@ class HardPairs:
     Args:
         idx2labels: (N,) current pseudo-labels (outliers unique).
         prior: (N,) previous epoch's ``idx2labels`` (``arange(N)`` at epoch 0).
-        link_fn: optional ``link_fn(u, vs) -> (len(vs),) P(link)`` numpy probabilities; positives kept where
+        link_fn: optional ``link_fn([(u, v), ...]) -> (P,) P(link)`` numpy probabilities; positives kept where
             P > 0.5, negatives where P <= 0.5 (``--use-gcn``).
         fix_fallback: the original falls back to the cluster of image ``n - 1`` when n has no positive (an
             off-by-one, spec P5; kept by default); True uses n's own cluster.
@@ -38,17 +38,26 @@ class HardPairs:
 
     def __call__(self, n: int) -> Tuple[np.ndarray, np.ndarray, bool]:
         """``(positives P_i, negatives N_i, had_negatives)`` of image n (after filtering and fallback)."""
-        pos, neg = hard_samples(n, self.idx2labels, self.prior)
-        had_neg = len(neg) > 0
+        return self.batch([n])[0]
+
+    def batch(self, ns: Sequence[int]) -> List[Tuple[np.ndarray, np.ndarray, bool]]:
+        """:meth:`__call__` for a batch; the link predictor sees all the batch's pairs in one call."""
+        raw = [hard_samples(int(n), self.idx2labels, self.prior) for n in ns]
         if self.link_fn is not None:
-            if len(pos):
-                pos = pos[self.link_fn(n, pos) > 0.5]
-            if len(neg):
-                neg = neg[self.link_fn(n, neg) <= 0.5]
-        if len(pos) == 0:
-            ref = n if self.fix_fallback else n - 1          # index -1 wraps to the last image, as in NumPy
-            pos = np.nonzero(self.idx2labels == self.idx2labels[ref])[0]
-        return pos, neg, had_neg
+            pairs = [(int(n), int(j)) for n, (p, q) in zip(ns, raw) for j in np.concatenate([p, q])]
+            probs = self.link_fn(pairs) if pairs else np.zeros(0)
+        out, at = [], 0
+        for n, (pos, neg) in zip(ns, raw):
+            had_neg = len(neg) > 0
+            if self.link_fn is not None:
+                pp, pn = probs[at:at + len(pos)], probs[at + len(pos):at + len(pos) + len(neg)]
+                at += len(pos) + len(neg)
+                pos, neg = pos[pp > 0.5], neg[pn <= 0.5]
+            if len(pos) == 0:
+                ref = int(n) if self.fix_fallback else int(n) - 1    # index -1 wraps to the last image, as NumPy
+                pos = np.nonzero(self.idx2labels == self.idx2labels[ref])[0]
+            out.append((pos, neg, had_neg))
+        return out
 
 
 def mix_prototypes(memory: torch.Tensor, bank: torch.Tensor, targets: Sequence[int], positives: List[np.ndarray],

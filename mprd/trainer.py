@@ -80,7 +80,7 @@ def train_epoch(model, optimizer, loader, state: EpochState, device, temp: float
         images, labels = images.to(device), labels.to(device)
         n = state.nidx[pos_in_list.numpy()]
         x = model(images)
-        hp = [pairs_fn(int(i)) for i in n]
+        hp = pairs_fn.batch(n)
         positives, negatives = [p for p, _, _ in hp], [q for _, q, _ in hp]
         mixed, _ = mix_prototypes(memory.features, bank, labels.tolist(), positives, rng, alpha)
         hard_negs = [bank[torch.as_tensor(q, dtype=torch.long)].clone() for q in negatives]

@@ -73,13 +73,14 @@ class PairRelation:
         """(P,) P(link) of index pairs over the bank (eval mode: no dropout)."""
         was = self.gcn.training
         self.gcn.eval()
-        graphs = build_graphs(pairs, bank, bank, topk=self.topk, targets=self.targets)
-        out = self.gcn(graphs, bank)[:, 1].exp().cpu().numpy()
+        out = np.concatenate([self.gcn(build_graphs(pairs[s:s + 512], bank, bank, topk=self.topk,
+                                                    targets=self.targets), bank)[:, 1].exp().cpu().numpy()
+                              for s in range(0, len(pairs), 512)])
         self.gcn.train(was)
         return out
 
     def link_fn(self, bank: torch.Tensor) -> Callable:
-        return lambda u, vs: self.predict([(u, int(v)) for v in vs], bank)
+        return lambda pairs: self.predict(pairs, bank)
 
     def reptile_epoch(self, pairs: List[tuple], bank: torch.Tensor, rng: np.random.RandomState) -> Dict:
         """Shuffled batches of ``pair_batch`` (drop_last); 3 inner steps each on subgraphs rebuilt from the bank."""

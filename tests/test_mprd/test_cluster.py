@@ -93,7 +93,7 @@ class TestHardSamples(unittest.TestCase):
         # link filter: positives kept where P > 0.5, negatives where P <= 0.5
         now, prev = np.array([0, 0, 0, 1, 1]), np.array([0, 1, 1, 0, 0])
         probs = {1: 0.9, 2: 0.5, 3: 0.2, 4: 0.7}
-        hp = HardPairs(now, prev, link_fn=lambda u, vs: np.array([probs[int(v)] for v in vs]))
+        hp = HardPairs(now, prev, link_fn=lambda pairs: np.array([probs[v] for _, v in pairs]))
         pos, neg, had = hp(0)
         np.testing.assert_array_equal(pos, [1])
         np.testing.assert_array_equal(neg, [3])
