@@ -5,12 +5,19 @@ without ``first_match_break`` every true match contributes ``1 / num_matches`` a
 the other true matches removed (k - j for the j-th match at filtered position k); the mAP comes from
 scikit-learn. Single-gallery-shot sampling uses ``np.random.default_rng(seed)`` instead of the global
 ``np.random``, so results are deterministic.
+
+Non-finite distances (open-reid crashes on them in scikit-learn): ``+inf`` ranks last; ``NaN`` ranks last too,
+as ``+inf``, with a :class:`common.eval.distance.NonFiniteDistanceWarning` naming how many entries; entries tied
+at ``+inf`` keep gallery order in the CMC and form one tied block at the end of the list in the mAP (scikit-learn's
+rule for tied scores). A matrix without a single finite entry raises :class:`common.errors.ReidError`.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import numpy as np
+
+from common.eval.distance import rankable_distances
 
 # open-reid ``evaluate_all`` settings; QAConv reports 'market1501' (first match break) for every test set.
 CMC_CONFIGS = {
@@ -21,10 +28,13 @@ CMC_CONFIGS = {
 
 
 def _inputs(distmat, query_ids, gallery_ids, query_cams, gallery_cams):
-    """NumPy arrays with open-reid's defaults (ids = indices, query cams 0, gallery cams 1)."""
+    """NumPy arrays with open-reid's defaults (ids = indices, query cams 0, gallery cams 1); non-finite distances
+    become ``+inf`` (NaN with a warning, see :func:`common.eval.distance.rankable_distances`)."""
     if hasattr(distmat, "detach"):
         distmat = distmat.detach().cpu().numpy()
     distmat = np.asarray(distmat)
+    if distmat.ndim == 2:
+        distmat = rankable_distances(distmat, "open-reid evaluator distmat", stacklevel=5)
     if distmat.ndim != 2:
         raise ValueError(f"distmat must be 2-D (num_query, num_gallery), got shape {distmat.shape}")
     m, n = distmat.shape
@@ -75,6 +85,9 @@ def cmc(distmat, query_ids=None, gallery_ids=None, query_cams=None, gallery_cams
 
     Raises:
         ValueError: no query has a valid true match.
+        ReidError: no distance is finite (the model has diverged).
+    Warns:
+        NonFiniteDistanceWarning: some distances are NaN (they rank last, as +inf).
     """
     distmat, query_ids, gallery_ids, query_cams, gallery_cams = _inputs(
         distmat, query_ids, gallery_ids, query_cams, gallery_cams)
@@ -117,6 +130,21 @@ def _ap_trapezoid(y_true: np.ndarray, y_score: np.ndarray) -> float:
     return float(auc(recall, precision))
 
 
+def _finite_scores(dist_row: np.ndarray) -> np.ndarray:
+    """Scores ``-distance`` for scikit-learn, which refuses infinities: the ``+inf`` entries of the row get one
+    common score below every finite one (a tied last block; all tied if no entry of the row is finite).
+
+    Args: dist_row (n,) distances, finite or ``+inf``. Returns: (n,) float64 finite scores.
+    """
+    score = -np.asarray(dist_row, dtype=np.float64)
+    inf = ~np.isfinite(score)
+    if inf.any():
+        finite = score[~inf]
+        low = finite.min() if finite.size else 0.0
+        score[inf] = low - max(1.0, abs(low))
+    return score
+
+
 def mean_ap(distmat, query_ids=None, gallery_ids=None, query_cams=None, gallery_cams=None,
             ap_variant: str = "step", return_per_query: bool = False):
     """open-reid mean average precision with scikit-learn.
@@ -138,6 +166,9 @@ def mean_ap(distmat, query_ids=None, gallery_ids=None, query_cams=None, gallery_
 
     Raises:
         ValueError: unknown ``ap_variant`` or no valid query.
+        ReidError: no distance is finite (the model has diverged).
+    Warns:
+        NonFiniteDistanceWarning: some distances are NaN (they rank last, as +inf, in one tied block).
     """
     from sklearn.metrics import average_precision_score
 
@@ -151,7 +182,7 @@ def mean_ap(distmat, query_ids=None, gallery_ids=None, query_cams=None, gallery_
         y_true = gallery_ids[valid] == query_ids[i]
         if not y_true.any():
             continue
-        y_score = -np.asarray(distmat[i][valid], dtype=np.float64)
+        y_score = _finite_scores(distmat[i][valid])
         if ap_variant == "step":
             aps.append(float(average_precision_score(y_true, y_score)))
         else:
@@ -174,10 +205,15 @@ def evaluate_all(distmat, query_ids, gallery_ids, query_cams, gallery_cams, cmc_
         ap_variant (str): see :func:`mean_ap`.
         seed (int): single-gallery-shot sampling seed.
 
+    Raises / Warns: as :func:`cmc` and :func:`mean_ap` (one warning for the whole call).
+
     Returns:
         dict: ``mAP`` and, per config, ``{name}`` (topk,) CMC array and ``{name}_rank{k}`` floats.
     """
     configs = CMC_CONFIGS if configs is None else configs
+    if hasattr(distmat, "detach"):
+        distmat = distmat.detach().cpu().numpy()
+    distmat = rankable_distances(distmat, "open-reid evaluator distmat")  # checked (and warned) once, not per call
     out = {"mAP": mean_ap(distmat, query_ids, gallery_ids, query_cams, gallery_cams, ap_variant=ap_variant)}
     topk = max(max(cmc_topk), 1)
     for name, params in configs.items():

@@ -3,14 +3,22 @@
 ``euclidean`` is the SQUARED Euclidean distance ``|q|^2 + |g|^2 - 2 q.g`` (torchreid's
 ``euclidean_squared_distance`` convention; the ranking is that of the plain Euclidean distance), clamped at 0.
 ``cosine`` is ``1 - cos(q, g)`` with features L2-normalised inside.
+
+:func:`check_finite_distances` is the evaluators' shared guard against a diverged model: ``+inf`` is a legal
+distance that ranks last; ``NaN`` (and ``-inf``, which no metric here produces) is not a distance, ranks last as
+``+inf`` and is announced with a :class:`NonFiniteDistanceWarning` naming the count; a matrix with no finite entry
+at all raises :class:`common.errors.ReidError`. :func:`rankable_distances` applies that rule.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from common.errors import ReidError
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 METRICS = ("euclidean", "cosine")
@@ -78,3 +86,70 @@ def compute_distmat(qf: ArrayLike, gf: ArrayLike, metric: str = "euclidean", chu
                 d = d.clamp_(min=0)
             out[start:start + qc.shape[0]] = d.cpu().numpy()
     return out
+
+
+class NonFiniteDistanceWarning(RuntimeWarning):
+    """A distance matrix holds NaN (or -inf) entries; they were ranked last, as +inf."""
+
+
+def _numpy(distmat: ArrayLike) -> np.ndarray:
+    if isinstance(distmat, torch.Tensor):
+        distmat = distmat.detach().cpu().numpy()
+    return np.asarray(distmat)
+
+
+def check_finite_distances(distmat: ArrayLike, name: str = "distmat", stacklevel: int = 2) -> np.ndarray:
+    """Find the non-finite entries of a distance matrix before it is ranked.
+
+    ``+inf`` entries pass silently (they rank last). ``NaN`` and ``-inf`` entries are counted and announced with
+    one :class:`NonFiniteDistanceWarning`, e.g. ``"distmat: 1 of 6 distances is NaN; ranked last (as +inf)"``.
+
+    Args:
+        distmat: (num_query, num_gallery) distances (numpy array or tensor; any shape is accepted).
+        name: what the matrix is, for the messages (e.g. ``'market query x gallery'``).
+        stacklevel: passed to :func:`warnings.warn` (2: the caller's line).
+    Returns:
+        bool numpy array of ``distmat``'s shape, True where the entry is not finite (NaN, +inf or -inf).
+    Raises:
+        ReidError: the matrix is not empty and none of its entries is finite (the model has diverged).
+    """
+    d = _numpy(distmat)
+    if not np.issubdtype(d.dtype, np.floating):
+        return np.zeros(d.shape, dtype=bool)
+    bad = ~np.isfinite(d)
+    if not bad.any():
+        return bad
+    n_nan, n_neg = int(np.isnan(d).sum()), int(np.isneginf(d).sum())
+    if bad.all():
+        raise ReidError(f"every distance is NaN/inf: the model has diverged ({name}: {d.size} entries, "
+                        f"{n_nan} NaN, {d.size - n_nan} inf)",
+                        fix="retrain with a lower --lr (a run stops on a non-finite loss and keeps its last good "
+                            "checkpoint), or evaluate an earlier checkpoint with --resume")
+    if n_nan or n_neg:
+        n = n_nan + n_neg
+        what = "NaN" if not n_neg else ("-inf" if not n_nan else f"NaN or -inf ({n_nan} NaN, {n_neg} -inf)")
+        warnings.warn(f"{name}: {n} of {d.size} distances {'is' if n == 1 else 'are'} {what}; ranked last "
+                      f"(as +inf)", NonFiniteDistanceWarning, stacklevel=stacklevel)
+    return bad
+
+
+def rankable_distances(distmat: ArrayLike, name: str = "distmat", stacklevel: int = 3) -> np.ndarray:
+    """``distmat`` as a numpy array in which every non-finite entry is ``+inf`` (checked and warned about by
+    :func:`check_finite_distances`); a stable argsort of a row then puts them last, in gallery order.
+
+    Args:
+        distmat: (num_query, num_gallery) distances.
+        name: for the messages.
+        stacklevel: of the warning (3: the caller of this function).
+    Returns:
+        (num_query, num_gallery) numpy array: the input itself when every entry is finite, else a copy.
+    Raises:
+        ReidError: no entry is finite.
+    """
+    d = _numpy(distmat)
+    bad = check_finite_distances(d, name, stacklevel=stacklevel)
+    if not bad.any():
+        return d
+    d = d.copy()
+    d[bad] = np.inf
+    return d
