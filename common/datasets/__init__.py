@@ -1,7 +1,10 @@
 """Dataset factory: ``build_dataset(name, root)`` -> :class:`~common.datasets.base.ReidDataset`.
 
-Keys (with aliases): ``market`` (market1501), ``duke`` (dukemtmc, dukemtmcreid), ``cuhk03_np_detected``,
-``cuhk03_np_labeled``, ``msmt`` (msmt17; V1 with list files or V2), ``sysu_mm01`` (sysu), ``randperson``,
+Keys (with aliases): ``market`` (market1501), ``duke`` (dukemtmc, dukemtmcreid), ``cuhk03`` (cuhk03_classic:
+the classic release ``cuhk-03.mat`` with torchreid's extraction, the new 767/700 protocol or the 20 classic
+splits; kwargs ``label_type``, ``classic_split``, ``split_id``), ``cuhk03_np_detected`` (cuhk03_np,
+cuhk03_detected) and ``cuhk03_np_labeled`` (cuhk03_labeled): the CUHK03-NP folders, ``msmt`` (msmt17; V1 with
+list files or V2), ``sysu_mm01`` (sysu), ``randperson``,
 ``synthetic`` (synth; Market layout), ``synthetic_sysu`` (synth_sysu; the same generated data with its infrared
 cameras, in the SYSU-MM01 layout and protocol). Classes are imported lazily, so a broken parser never breaks the
 others.
@@ -18,6 +21,7 @@ from common.datasets.base import DatasetError, Record, ReidDataset  # noqa: F401
 _FACTORY = {
     "market": ("common.datasets.market1501", "Market1501", {}),
     "duke": ("common.datasets.dukemtmc", "DukeMTMCreID", {}),
+    "cuhk03": ("common.datasets.cuhk03", "CUHK03", {}),
     "cuhk03_np_detected": ("common.datasets.cuhk03_np", "CUHK03NP", {"label_type": "detected"}),
     "cuhk03_np_labeled": ("common.datasets.cuhk03_np", "CUHK03NP", {"label_type": "labeled"}),
     "msmt": ("common.datasets.msmt17", "MSMT17", {}),
@@ -30,7 +34,7 @@ _FACTORY = {
 _ALIASES = {
     "market1501": "market", "market-1501": "market",
     "dukemtmc": "duke", "dukemtmcreid": "duke", "dukemtmc-reid": "duke",
-    "cuhk03_np": "cuhk03_np_detected", "cuhk03": "cuhk03_np_detected",
+    "cuhk03_np": "cuhk03_np_detected", "cuhk03_classic": "cuhk03",
     "cuhk03_detected": "cuhk03_np_detected", "cuhk03_labeled": "cuhk03_np_labeled",
     "msmt17": "msmt", "msmt17_v1": "msmt", "msmt17_v2": "msmt",
     "sysu": "sysu_mm01", "sysumm01": "sysu_mm01", "sysu-mm01": "sysu_mm01",
