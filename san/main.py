@@ -81,7 +81,7 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--start-eval", dest="start_eval", type=int, default=0)
     g.add_argument("--save-dir", dest="output_path", default="", help="run folder (default <exp-dir>/san/...)")
     g.add_argument("--use-cpu", dest="use_cpu", action="store_true")
-    g.add_argument("--gpu-devices", dest="gpu_devices", default="", help="accepted; sets --device cuda")
+    g.add_argument("--gpu-devices", dest="gpu_devices", default="", help="CUDA_VISIBLE_DEVICES (release flag)")
     g.add_argument("--use-avai-gpus", dest="use_avai_gpus", action="store_true", help=argparse.SUPPRESS)
     g.add_argument("--visualize-ranks", dest="visualize_ranks", action="store_true", help=argparse.SUPPRESS)
 
@@ -123,8 +123,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     args.max_epoch = args.epochs
     if args.use_cpu:
         args.device = "cpu"
-    elif args.gpu_devices and args.device == "auto":
-        args.device = "cuda"
+    elif args.gpu_devices:  # as the release: restrict the visible GPUs; --device auto then picks CUDA if present
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", args.gpu_devices)
     if args.train_sampler not in ("RandomIdentitySampler", "", "RandomSampler"):
         raise ReidError(f"--train-sampler {args.train_sampler} is unknown", fix="RandomIdentitySampler or ''")
     if args.train_sampler == "RandomIdentitySampler" and args.batch_size % args.num_instances:
