@@ -11,10 +11,11 @@ of the gallery is needed.
 Per query: the true matches and the removed same-identity, same-camera entries come from the gallery grouped
 by identity, and only the true matches' keys are sorted. One pass over the row then skips every entry ranked
 after the last true match (one well-predicted compare; most entries for a good model) and counts the others
-between consecutive matches. Counting does not search: a monotone affine map sends each distance to one of 64
-buckets per true match, a table built per query gives the bin of every bucket that holds no match, and only
-entries in a bucket holding one take the exact (branch-free) binary search on the keys. Weak rankings (almost
-the whole gallery before the last match, as with uniform distances) so cost little more than good ones.
+between consecutive matches. Counting does not search: a monotone affine map (``rank_bucket.h``, a loop the
+compiler vectorises) sends each distance to one of 64 buckets per true match, a table built per query gives the
+bin of every bucket that holds no match, and only entries in a bucket holding one take the exact (branch-free)
+binary search on the keys. Weak rankings (almost the whole gallery before the last match, as with uniform
+distances) so cost little more than good ones.
 Same-identity entries are counted by that pass too and taken out afterwards. Rows whose first or last match
 distance is not finite use the binary search for every entry. Per-query AP / INP / CMC use the same float64
 operations, in the same order, as ``common.eval.rank``.
@@ -31,6 +32,7 @@ CHUNK_ELEMENTS = 1 << 24
 # Most buckets of the per-query distance table (64 per true match).
 cdef enum:
     MAX_BUCKETS = 1 << 16
+    BLOCK = 1024  # row entries bucketed at once (a stack buffer)
 cdef float INF32 = float("inf")
 
 
@@ -122,8 +124,8 @@ ctypedef struct Work:
     uint64_t* keys     # (num_gallery,) sorted keys of the current query's kept true matches
     uint64_t* removed  # (num_gallery,) keys of its removed entries (same identity and camera)
     int64_t* pos       # (num_gallery + 1,) bin counts, then positions
-    int32_t* table     # (MAX_BUCKETS + 2,) bin of each distance bucket, -1 where a true match falls
-    int64_t* hist      # (MAX_BUCKETS + 2,) entries per bucket
+    int32_t* table     # (MAX_BUCKETS + 3,) bin of each distance bucket, -1 where a true match falls
+    int64_t* hist      # (MAX_BUCKETS + 3,) entries per bucket
 
 
 cdef inline void _bin_by_search(const float[::1] row, const uint64_t* keys, int64_t n,
@@ -137,52 +139,59 @@ cdef inline void _bin_by_search(const float[::1] row, const uint64_t* keys, int6
             pos[_num_below(keys, n, k)] += 1
 
 
-cdef inline int64_t _bucket(float d, float lo, float scale, int64_t top) noexcept nogil:
-    """Monotone bucket of a distance: clamp(trunc((d - lo) * scale + 1), 0, top); -inf gives 0."""
-    cdef int64_t b = <int64_t>((d - lo) * scale + <float>1.0)  # out of range: INT64_MIN
-    b &= ~(b >> 63)  # negative -> 0
-    return b if b <= top else top
+cdef extern from "rank_bucket.h" nogil:
+    int32_t rank_bucket(float d, float lo, float scale, float hi, int32_t top)
+    void rank_bucket_block(const float* d, int64_t n, float lo, float scale, float hi, int32_t top, int32_t* out)
 
 
 cdef inline void _bin_by_table(const float[::1] row, const uint64_t* keys, int64_t n, Work* w,
-                               int64_t num_buckets, float lo, float scale) noexcept nogil:
+                               int32_t num_buckets, float lo, float scale) noexcept nogil:
     """Same counts as ``_bin_by_search`` when the first and last match distances ``lo`` < ``hi`` and
     hi - lo are finite and ``scale`` = num_buckets / (hi - lo) is finite (so no entry below ``hi`` overflows).
 
-    ``_bucket`` is monotone, so bucket(d) < bucket(m) implies d < m and bucket(d) > bucket(m) implies d > m:
-    all entries of a bucket that holds no true match lie between the same two matches, and ``table`` stores
-    that bin. Entries of such buckets are only counted per bucket (``hist``, then added to their bin): with
-    64 buckets per match two nearby entries rarely share a counter, which keeps the pass free of the store /
-    load conflicts of a histogram with a handful of bins. Buckets holding a match store -1 and send their
-    entries to the exact binary search.
+    ``rank_bucket`` (rank_bucket.h) maps distances monotonically to buckets 0..top = num_buckets + 1, and
+    everything after ``hi`` (NaN included) to top + 1, so bucket(d) < bucket(m) implies d < m and
+    bucket(d) > bucket(m) implies d > m: all entries of a bucket that holds no true match lie between the same
+    two matches, and ``table`` stores that bin. Buckets holding a match store -1 and send their entries to the
+    exact binary search; with 64 buckets per match few entries take it. The buckets of a block of the row are
+    computed first by a vectorised loop; entries after the last match are then skipped by one compare, and the
+    others only counted per bucket (``hist``, added to their bin at the end), which keeps the pass free of the
+    store / load conflicts of a histogram with a handful of bins.
     """
-    cdef int64_t g, t, b, c, top = num_buckets + 1, last_g = <int64_t>(keys[n - 1] & 0xFFFFFFFFu)
-    cdef float d, hi = row[last_g]
+    cdef int64_t g0, i, m, t, c, num_g = row.shape[0], last_g = <int64_t>(keys[n - 1] & 0xFFFFFFFFu)
+    cdef int32_t b, top = num_buckets + 1
+    cdef float hi = row[last_g]
+    cdef int32_t buf[BLOCK]
+    cdef const float* p
     cdef int32_t* table = w.table
     cdef int64_t* hist = w.hist
     cdef int64_t* pos = w.pos
-    for b in range(top + 1):
+    for b in range(top + 2):
         table[b] = 0
         hist[b] = 0
     for t in range(n):
-        table[_bucket(row[<int64_t>(keys[t] & 0xFFFFFFFFu)], lo, scale, top)] = -1
+        table[rank_bucket(row[<int64_t>(keys[t] & 0xFFFFFFFFu)], lo, scale, hi, top)] = -1
     t = 0
-    for b in range(top + 1):  # bin of an empty bucket = number of matches in the buckets below it
+    for b in range(top + 2):  # bin of an empty bucket = number of matches in the buckets below it (n after hi)
         if table[b] < 0:
-            while t < n and _bucket(row[<int64_t>(keys[t] & 0xFFFFFFFFu)], lo, scale, top) == b:
+            while t < n and rank_bucket(row[<int64_t>(keys[t] & 0xFFFFFFFFu)], lo, scale, hi, top) == b:
                 t += 1
         else:
             table[b] = <int32_t>t
-    for g in range(row.shape[0]):
-        d = row[g]
-        if d < hi:  # NaN compares false: ranked after a finite last match
-            b = _bucket(d, lo, scale, top)
-            if table[b] < 0:
-                pos[_num_below(keys, n, _key(d, g))] += 1
-            else:
-                hist[b] += 1
-        elif d == hi and g < last_g:  # tie with the last match, ranked before it by index
-            pos[_num_below(keys, n, _key(d, g))] += 1
+    g0 = 0
+    while g0 < num_g:
+        m = min(<int64_t>BLOCK, num_g - g0)
+        p = &row[g0]
+        rank_bucket_block(p, m, lo, scale, hi, top, buf)
+        for i in range(m):
+            b = buf[i]
+            if b <= top:  # else ranked after the last match
+                if table[b] < 0:
+                    pos[_num_below(keys, n, _key(p[i], g0 + i))] += 1  # n if after the last match
+                else:
+                    hist[b] += 1
+        g0 += m
+    pos[n - 1] -= 1  # the last match itself (in its own bucket) fell in bin n - 1
     for b in range(top + 1):
         c = table[b]
         if c >= 0:
@@ -197,7 +206,8 @@ cdef int64_t _match_positions(const float[::1] row, int64_t qc, const int64_t[::
     ``same[0:num_same]`` are the gallery entries of the query's identity: true matches unless in the query's
     camera (removed). Returns the number of kept true matches.
     """
-    cdef int64_t g, j, n = 0, m = 0, t, num_buckets
+    cdef int64_t g, j, n = 0, m = 0, t
+    cdef int32_t num_buckets
     cdef uint64_t last
     cdef float lo, hi, scale
     cdef uint64_t* keys = w.keys
@@ -219,7 +229,7 @@ cdef int64_t _match_positions(const float[::1] row, int64_t qc, const int64_t[::
     # pos[t] first counts every entry whose key lies between keys[t - 1] and keys[t] (keys[t - 1] included)
     lo = row[<int64_t>(keys[0] & 0xFFFFFFFFu)]
     hi = row[<int64_t>(last & 0xFFFFFFFFu)]
-    num_buckets = min(max(64 * n, 64), MAX_BUCKETS)
+    num_buckets = <int32_t>min(max(64 * n, 64), MAX_BUCKETS)
     scale = <float>num_buckets / (hi - lo)
     if n > 1 and lo < hi and -INF32 < lo and hi - lo < INF32 and scale < INF32:
         _bin_by_table(row, keys, n, w, num_buckets, lo, scale)
@@ -316,8 +326,8 @@ cdef class _Scratch:
         self.w.keys = <uint64_t*>malloc(size * sizeof(uint64_t))
         self.w.removed = <uint64_t*>malloc(size * sizeof(uint64_t))
         self.w.pos = <int64_t*>malloc((size + 1) * sizeof(int64_t))
-        self.w.table = <int32_t*>malloc((MAX_BUCKETS + 2) * sizeof(int32_t))
-        self.w.hist = <int64_t*>malloc((MAX_BUCKETS + 2) * sizeof(int64_t))
+        self.w.table = <int32_t*>malloc((MAX_BUCKETS + 3) * sizeof(int32_t))
+        self.w.hist = <int64_t*>malloc((MAX_BUCKETS + 3) * sizeof(int64_t))
         if (self.w.keys == NULL or self.w.removed == NULL or self.w.pos == NULL or self.w.table == NULL
                 or self.w.hist == NULL):
             raise MemoryError()

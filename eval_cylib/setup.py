@@ -13,6 +13,7 @@ extensions = [
     Extension(
         "rank_cy",
         ["rank_cy.pyx"],
+        depends=["rank_bucket.h"],
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=COMPILE_ARGS,
