@@ -25,7 +25,27 @@ from torch import nn
 
 from common.weights import find_weights, load_backbone_weights
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "tiny")
+TINY_WIDTHS = (16, 32, 64, 128)
+
+
+def tiny_resnet() -> torchvision.models.ResNet:
+    """A small ResNet for CPU tests (no ImageNet weights): torchvision's BasicBlock, stem 3->16 (stride 2) +
+    max-pool, stages 16 / 32 / 64 / 128 with 1, 1, 1 and 3 blocks (so the three streams are real block copies)."""
+    from torchvision.models.resnet import BasicBlock
+    net = torchvision.models.resnet18(weights=None)
+    net.conv1 = nn.Conv2d(3, TINY_WIDTHS[0], 7, 2, 3, bias=False)
+    net.bn1 = nn.BatchNorm2d(TINY_WIDTHS[0])
+    cin = TINY_WIDTHS[0]
+    for i, (w, n) in enumerate(zip(TINY_WIDTHS, (1, 1, 1, 3))):
+        stride = 1 if i == 0 else 2
+        down = None if stride == 1 and cin == w else nn.Sequential(nn.Conv2d(cin, w, 1, stride, bias=False),
+                                                                  nn.BatchNorm2d(w))
+        blocks = [BasicBlock(cin, w, stride, down)] + [BasicBlock(w, w) for _ in range(n - 1)]
+        setattr(net, f"layer{i + 1}", nn.Sequential(*blocks))
+        cin = w
+    net.fc = nn.Linear(cin, 1000)
+    return net
 PARTS = ("", "_1", "_2", "_3")  # unit name suffixes: global, stripe 1 (top), stripe 2, stripe 3 (bottom)
 
 
@@ -110,8 +130,8 @@ class MuDeepV2(nn.Module):
             raise ValueError(f"unknown arch '{arch}'; choose one of {list(ARCHS)}")
         if num_scales != 3 or num_stripes != 3:
             raise ValueError("the original (and its state-dict names) has 3 scales of 1 global + 3 stripe units")
-        net = getattr(torchvision.models, arch)(weights=None)
-        if pretrained or pretrained_path:
+        net = tiny_resnet() if arch == "tiny" else getattr(torchvision.models, arch)(weights=None)
+        if arch != "tiny" and (pretrained or pretrained_path):
             load_backbone_weights(net, find_weights(arch, pretrained_path), arch, strict=False, drop_fc=True)
         for m in net.layer4[0].modules():  # last stride 1: the strided 3x3 (or first 3x3) conv and the shortcut
             if isinstance(m, nn.Conv2d) and m.stride != (1, 1):
