@@ -163,7 +163,7 @@ def main(argv=None):
           "argsort s = a chunked stable argsort of every row alone (once, wall)\n" + head + "\n" + "-" * len(head))
     for name, kind, shape, t_np, t_cy, t_sort, res, verdict in rows:
         print(f"{name:<7} {kind:<9} {shape[0]:>7} x {shape[1]:<7} {t_cy[0]:>7.3f} / {t_cy[1]:<5.3f} "
-              f"{t_np[0]:>7.3f} / {t_np[1]:<5.3f} {t_np[0] / t_cy[0]:>5.1f}x / {t_np[1] / t_cy[1]:<4.1f}x "
+              f"{t_np[0]:>7.3f} / {t_np[1]:<5.3f} {f'{t_np[0] / t_cy[0]:.1f}x / {t_np[1] / t_cy[1]:.1f}x':>13} "
               f"{t_sort:>9.2f} {100 * res['rank1']:>6.2f} {100 * res['mAP']:>6.2f} {100 * res['mINP']:>6.2f}  "
               f"{verdict}")
     by = {(r[0], r[1]): r for r in rows}

@@ -28,7 +28,7 @@ except ImportError:
     IS_CYTHON_AVAILABLE = False
 
 _CYTHON_WARNED = False
-CHUNK_ELEMENTS = 1 << 24  # (query row, gallery) elements ranked at once: 128 MiB of int64 indices
+CHUNK_ELEMENTS = 1 << 24  # (query row, gallery) elements processed at once (ranked_chunks: 128 MiB of int64)
 RANKS = (1, 5, 10, 20)
 
 
