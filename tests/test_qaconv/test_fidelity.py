@@ -167,6 +167,14 @@ class TestPerChunkClassMemory(unittest.TestCase):
                     self.assertEqual(int(m.bn.num_batches_tracked), len(bounds))
         self.assertFalse(torch.allclose(run_loss("1.2", 2)[0], run_loss("1.2", 5)[0]))
 
+    def test_engine_passes_the_release(self):
+        from argparse import Namespace
+        from qaconv.engine import build_criterion
+        for version in ("1.0", "1.1", "1.2"):
+            args = Namespace(loss="class_memory", mem_batch_size=2, version=version)
+            crit = build_criterion(args, v1_matcher(), NUM_CLASSES)
+            self.assertEqual((crit.version, crit.mem_batch_size), (version, 2))
+
     def test_default_version_is_1_2_and_bad_version_raises(self):
         crit = ClassMemoryLoss(v1_matcher(), NUM_CLASSES, C, H, W)
         self.assertEqual(crit.version, "1.2")
