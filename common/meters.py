@@ -38,3 +38,17 @@ class MeterDict:
 
     def __str__(self) -> str:
         return " ".join(f"{k} {m.val:.4f} ({m.avg:.4f})" for k, m in self.meters.items())
+
+
+def format_stats(stats: Dict[str, float]) -> str:
+    """``loss 1.234 acc 56.78% lr 3.5e-04 ...``: accuracies (``acc``, ``*_acc``) as percentages, as every method
+    prints them; integers as they are; other numbers with 4 significant digits."""
+    parts = []
+    for k, v in stats.items():
+        if k == "acc" or k.endswith("_acc"):
+            parts.append(f"{k} {v:.2%}")
+        elif isinstance(v, int):
+            parts.append(f"{k} {v}")
+        else:
+            parts.append(f"{k} {v:.4g}")
+    return " ".join(parts)

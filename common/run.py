@@ -313,9 +313,9 @@ def setup_run(args, method: str, extra_info: Optional[Dict[str, Any]] = None, mo
     lock = RunLock(run_dir).acquire()
     try:
         removed = clean_temporary_files(run_dir)
+        logger = setup_logger(os.path.join(run_dir, "log.txt"))  # from here on an error also lands in log.txt
         if mode == "train" and resume_wanted(args):
             check_resume_args(run_dir, args, resume_allowed)
-        logger = setup_logger(os.path.join(run_dir, "log.txt"))
         seed_everything(args.seed, getattr(args, "deterministic", False))
         device = select_device(getattr(args, "device", "auto"))
     except BaseException:

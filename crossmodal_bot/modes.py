@@ -19,6 +19,7 @@ from common.eval.distance import compute_distmat
 from common.eval.rank import IS_CYTHON_AVAILABLE
 from common.eval.report import results_table
 from common.guard import DivergenceGuard, check_finite_parameters
+from common.meters import format_stats
 from common.preflight import check_images, check_pretrained, check_resume_file, dataset_images, load_datasets
 from common.run import Run, run_dir_for, setup_run
 from crossmodal_bot.data import build_bot_train_loader
@@ -196,7 +197,7 @@ def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
                                 num_epochs=args.epochs)
         check_finite_parameters(model, where=f"after epoch {epoch + 1}")
         scheduler.step()
-        run.log(f"epoch {epoch + 1}/{args.epochs} " + " ".join(f"{k} {v:.4g}" for k, v in stats.items()))
+        run.log(f"epoch {epoch + 1}/{args.epochs} " + format_stats(stats))
         run.log_metrics(epoch + 1, prefix="train", **stats)
         state = {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "rng": rng_state(),

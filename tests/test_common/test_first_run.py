@@ -220,6 +220,13 @@ class TestImageCheck(unittest.TestCase):
         self.assertIn("--no-check-images", msg)
 
 
+class TestStatsFormat(unittest.TestCase):
+    def test_accuracy_printed_as_percent_everywhere(self):
+        from common.meters import format_stats
+        self.assertEqual(format_stats({"loss": 5.6, "acc": 0.0208, "tri_acc": 0.5, "skipped": 0, "lr": 3.5e-6}),
+                         "loss 5.6 acc 2.08% tri_acc 50.00% skipped 0 lr 3.5e-06")
+
+
 class TestProgress(unittest.TestCase):
     def test_bars_only_on_a_terminal(self):
         self.assertFalse(interactive(False))
