@@ -20,6 +20,8 @@ from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
+from common.eval.distance import check_finite_distances
+
 try:
     from eval_cylib.rank_cy import eval_cuhk03_cy, eval_market1501_cy
     IS_CYTHON_AVAILABLE = True
@@ -371,6 +373,7 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
     num_q, num_g = distmat.shape
     if num_q == 0 or num_g == 0:
         raise ValueError(f"empty evaluation problem: distmat shape {distmat.shape}")
+    check_finite_distances(distmat, "query x gallery distances", stacklevel=3)  # warns on NaN; all non-finite raises
     if max_rank < 1 or num_repeats < 1:
         raise ValueError("max_rank and num_repeats must be >= 1")
     if num_g < max_rank:

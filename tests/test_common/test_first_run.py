@@ -220,6 +220,22 @@ class TestImageCheck(unittest.TestCase):
         self.assertIn("--no-check-images", msg)
 
 
+class TestSharedEvaluatorNonFinite(unittest.TestCase):
+    def test_all_nan_is_an_error_and_some_nan_a_warning(self):
+        import numpy as np
+        from common.eval.rank import evaluate_rank
+        ids, cams = np.array([1, 2]), np.array([0, 0])
+        g_ids, g_cams = np.array([1, 2, 3]), np.array([1, 1, 1])
+        for use_cython in (True, False):
+            with self.assertRaisesRegex(ReidError, "every distance is NaN/inf: the model has diverged"):
+                evaluate_rank(np.full((2, 3), np.nan), ids, g_ids, cams, g_cams, use_cython=use_cython)
+            d = np.array([[np.nan, 0.5, 0.7], [0.1, 0.2, 0.3]])
+            with self.assertWarnsRegex(RuntimeWarning, "1 of 6 distances is NaN"):
+                res = evaluate_rank(d, ids, g_ids, cams, g_cams, max_rank=3, use_cython=use_cython)
+            # query 1: its match (NaN) ranks last of 3 -> AP 1/3; query 2: match at rank 2 -> AP 1/2
+            self.assertAlmostEqual(res["mAP"], (1 / 3 + 1 / 2) / 2)
+
+
 class TestStatsFormat(unittest.TestCase):
     def test_accuracy_printed_as_percent_everywhere(self):
         from common.meters import format_stats
