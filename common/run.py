@@ -105,6 +105,24 @@ class Run:
         with open(self.results_path) as f:
             return json.load(f)
 
+    def report_finished(self, epoch: int, keys, table) -> Dict[str, Any]:
+        """A re-run of a finished run: say so and log its stored results (nothing is trained or overwritten).
+
+        Args:
+            epoch: the epoch the run finished at.
+            keys: the test sets whose stored results to show.
+            table: ``table({key: results}) -> str``, the method's results table.
+        Returns:
+            {key: stored results} for the keys that have them.
+        """
+        stored = self.stored_results()
+        results = {k: stored[k] for k in keys if k in stored}
+        self.log(f"this run is finished (epoch {epoch}); its results ({self.results_path}):")
+        if results:
+            self.log("\n" + table(results))
+        self.log("to train longer pass a larger --epochs; to start again pass --run-name NAME or --no-auto-resume")
+        return results
+
     def log(self, msg: str, *fmt_args) -> None:
         self.logger.info(msg, *fmt_args)
 

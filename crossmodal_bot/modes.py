@@ -175,7 +175,9 @@ def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
         start_epoch = state["epoch"]
         run.log(f"resumed from {ckpt} (epoch {start_epoch})")
         if start_epoch >= args.epochs:
-            return report_finished(args, run, start_epoch)
+            return run.report_finished(start_epoch, args.testset, lambda res: results_table(
+                [(f"trained {args.arch} / {k}", r) for k, r in res.items()], title=f"{args.dataset} -> "
+                f"{','.join(args.testset)}  (percent; stored results)"))
     elif args.compare_histogram:  # the reference rows, measured before any training step
         for key, res in evaluate_all(args, run, model, "untrained", datasets).items():
             rows.append((f"untrained {args.arch} / {key}", res))
@@ -221,17 +223,6 @@ def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
         report(args, run, rows)
     if args.visualize_queries > 0 and results:  # a few ranked lists of the trained model (make demo)
         write_ranked_lists(args, run, model, datasets)
-    return results
-
-
-def report_finished(args, run: Run, epoch: int) -> Dict[str, Dict]:
-    """A re-run of a finished run: say so and print its stored results (nothing is trained or overwritten)."""
-    stored = run.stored_results()
-    results = {k: stored[k] for k in args.testset if k in stored}
-    run.log(f"this run is finished (epoch {epoch} of {args.epochs}); its results ({run.results_path}):")
-    if results:
-        report(args, run, [(f"trained {args.arch} / {k}", r) for k, r in results.items()])
-    run.log("to train longer pass a larger --epochs; to start again pass --run-name NAME or --no-auto-resume")
     return results
 
 

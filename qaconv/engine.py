@@ -335,7 +335,9 @@ def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
         global_step = rest.get("global_step")
         run.log(f"resumed from {ckpt} (epoch {start_epoch})")
         if start_epoch >= min(args.epochs, schedule.final_epochs):
-            return report_finished(args, run, start_epoch)
+            return run.report_finished(start_epoch, args.testset, lambda res: results_table(
+                result_rows(f"trained {args.arch}", res), title=f"{args.dataset} -> {','.join(args.testset)}  "
+                                                               f"(percent; stored results)"))
     else:
         if args.compare_histogram:
             for key, res in evaluate_sets(args, run, model, matcher, "untrained", datasets).items():
@@ -406,18 +408,6 @@ def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
                                                f"evaluator; open-reid figures in results.json)"))
     if args.visualize_pairs:
         visualize_matches(args, run, model, matcher, datasets)
-    return results
-
-
-def report_finished(args, run: Run, epoch: int) -> Dict[str, Dict]:
-    """A re-run of a finished run: say so and print its stored results (nothing is trained or overwritten)."""
-    stored = run.stored_results()
-    results = {k: stored[k] for k in args.testset if k in stored}
-    run.log(f"this run is finished (epoch {epoch}); its results ({run.results_path}):")
-    if results:
-        run.log("\n" + results_table(result_rows(f"trained {args.arch}", results), title=f"{args.dataset} -> "
-                                     f"{','.join(args.testset)}  (percent; stored results)"))
-    run.log("to train longer pass a larger --epochs; to start again pass --run-name NAME or --no-auto-resume")
     return results
 
 

@@ -94,7 +94,7 @@ class TestRunLifecycle(unittest.TestCase):
     def test_rerun_of_a_finished_run_prints_its_results(self):
         p = WS.run(SCRIPT, args(self.exp, *TRAIN))
         self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertIn("this run is finished (epoch 2 of 2)", p.stdout)
+        self.assertIn("this run is finished (epoch 2)", p.stdout)
         self.assertEqual(last_table_row(p.stdout), last_table_row(self.train.stdout))
         self.assertEqual(len(glob.glob(os.path.join(self.run_dir, "checkpoints", "*.pth"))), 1)
 
