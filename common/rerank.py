@@ -21,8 +21,8 @@ the dense code:
    divided by float32(k2), rounded to float16.
 4. Jaccard only for query-gallery pairs that share a column, accumulated in float16 in ascending column order
    (the dense inverted-index loop's order); 1 - sim / (2 - sim) in float16; pairs sharing nothing get 1.
-5. final = float16(jaccard * float16(1 - lambda)) + D0[:q, q:] * float32(lambda), with the D0 block recomputed
-   block by block.
+5. final = float16(jaccard * float16(1 - lambda)) + D0[:q, q:] * float32(lambda), the D0 block kept from the
+   blocks of step 1 (no second pass over the distances).
 
 Equality with the dense code: identical float operations in identical order, with one difference: the dense
 code sums each V row's weights over the whole length-N row (NumPy pairwise summation, zeros included), this
@@ -67,7 +67,8 @@ def _d0_rows(block_fn: BlockFn, rows: np.ndarray, cols: np.ndarray, col_max: np.
 
 
 def neighbour_lists(block_fn: BlockFn, n: int, k: int, keep: Optional[int] = None, row_chunk: int = 1024,
-                    col_chunk: int = 8192) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+                    col_chunk: int = 8192, store: Optional[np.ndarray] = None
+                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Exact first ``k`` columns of a stable argsort of every row of D0 = (D / column-max(D))^T.
 
     Args:
@@ -76,6 +77,8 @@ def neighbour_lists(block_fn: BlockFn, n: int, k: int, keep: Optional[int] = Non
         k: neighbours per row (clipped to n).
         keep: raw candidates selected per row (default k + 16; clipped to n).
         row_chunk: D0 rows per step. col_chunk: D0 columns per block.
+        store: optional (q, g) float32 array, filled with D0[:q, n - g:] from the same blocks (the re-ranking's
+            original-distance term, so that it needs no second pass).
     Returns:
         ``(top, top_d0, cand, cand_d0, col_max, fallback)``: (n, k) int64 neighbours nearest first, their (n, k)
         float32 D0 values, the (n, keep) int64 candidates in the same stable order with their D0 values
@@ -89,6 +92,7 @@ def neighbour_lists(block_fn: BlockFn, n: int, k: int, keep: Optional[int] = Non
     cand_d0 = np.empty((n, keep), dtype=np.float32)
     col_max = np.empty(n, dtype=np.float32)
     fallback = 0
+    sq, g0 = (store.shape[0], n - store.shape[1]) if store is not None else (0, n)
     for r0 in range(0, n, row_chunk):
         rows = np.arange(r0, min(r0 + row_chunk, n))
         b = len(rows)
@@ -99,13 +103,23 @@ def neighbour_lists(block_fn: BlockFn, n: int, k: int, keep: Optional[int] = Non
             cols = np.arange(c0, min(c0 + col_chunk, n))
             raw = _block(block_fn, cols, rows).T  # (b, |C|) = D[cols, rows]^T, D0 rows before division
             cmax = np.maximum(cmax, raw.max(axis=1))  # NaN propagates, as ndarray.max
+            if store is not None and r0 < sq and cols[-1] >= g0:
+                c_a = max(c0, g0)
+                store[r0:min(r0 + b, sq), c_a - g0:cols[-1] + 1 - g0] = raw[:min(b, sq - r0), c_a - c0:]
+            m = best_v.shape[1]
             cat_v = np.concatenate([best_v, raw], axis=1)
-            cat_i = np.concatenate([best_i, np.broadcast_to(cols, raw.shape)], axis=1)
             if cat_v.shape[1] > keep:
                 sel = np.argpartition(cat_v, keep - 1, axis=1)[:, :keep]
-                cat_v, cat_i = np.take_along_axis(cat_v, sel, 1), np.take_along_axis(cat_i, sel, 1)
-            best_v, best_i = cat_v, cat_i
+                best_v = np.take_along_axis(cat_v, sel, 1)
+                old = np.take_along_axis(best_i, np.minimum(sel, max(m - 1, 0)), 1) if m else 0
+                best_i = np.where(sel < m, old, sel - m + c0)
+            else:
+                best_v = cat_v
+                best_i = np.concatenate([best_i, np.broadcast_to(cols, raw.shape)], axis=1)
+            del cat_v, raw
         col_max[rows] = cmax
+        if store is not None and r0 < sq:
+            store[r0:min(r0 + b, sq)] /= cmax[:min(b, sq - r0), None]
         # normalise the candidates and sort them stably by (D0 value, index)
         y = best_v / cmax[:, None]
         order = _stable_order(y, best_i)
@@ -255,7 +269,8 @@ def rerank_sparse(block_fn: BlockFn, num_query: int, num_gallery: int, k1: int =
     if n == 0:
         return np.zeros((0, 0), dtype=np.float32)
     k = min(max(k1 + 1, k2), n)
-    top, _, cand, cand_d0, col_max, fallback = neighbour_lists(block_fn, n, k, keep, row_chunk, col_chunk)
+    out = np.empty((q, g), dtype=np.float32)  # D0[:q, q:] first, the re-ranked distances in the end
+    top, _, cand, cand_d0, col_max, fallback = neighbour_lists(block_fn, n, k, keep, row_chunk, col_chunk, out)
     if np.any(col_max <= 0):
         warnings.warn("rerank_sparse: some column maxima are <= 0; dividing by them flips or breaks the ranking "
                       "(feed positive distances).", RuntimeWarning, stacklevel=2)
@@ -267,19 +282,15 @@ def rerank_sparse(block_fn: BlockFn, num_query: int, num_gallery: int, k1: int =
         stats.update(fallback_rows=int(fallback), nnz_v=int(v.nnz))
     vg = v[q:].tocsc()
     vg.sort_indices()
-    out = np.empty((q, g), dtype=np.float32)
     one, two = np.float16(1), np.float16(2)
     w_j, w_d = np.float16(1 - lambda_value), np.float32(lambda_value)
-    gal = np.arange(q, n)
     for s in range(0, q, query_chunk):
         rows = np.arange(s, min(s + query_chunk, q))
         vq = v[rows]
         vq.sort_indices()
         sim = _jaccard_sim_rows(vq, vg)
         jac = one - sim / (two - sim)
-        d0 = np.concatenate([_d0_rows(block_fn, rows, gal[c:c + col_chunk], col_max[rows])
-                             for c in range(0, g, col_chunk)], axis=1) if g else np.zeros((len(rows), 0))
-        out[rows] = jac * w_j + d0.astype(np.float32) * w_d
+        out[rows] = jac * w_j + out[rows] * w_d
     return out
 
 
@@ -302,9 +313,12 @@ def rerank_features(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
     dev = torch.device(device) if device is not None else torch.device("cpu")
     feats = feats.to(dev)
 
+    def take(idx: np.ndarray) -> torch.Tensor:
+        if len(idx) and idx[-1] - idx[0] + 1 == len(idx) and np.all(np.diff(idx) == 1):
+            return feats[int(idx[0]):int(idx[-1]) + 1]  # a contiguous range: a view, no copy
+        return feats[torch.as_tensor(idx, device=dev)]
+
     def block_fn(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        r = torch.as_tensor(rows, device=dev)
-        c = torch.as_tensor(cols, device=dev)
-        return compute_distmat(feats[r], feats[c], metric=metric, chunk_size=len(rows) or 1, device=dev)
+        return compute_distmat(take(rows), take(cols), metric=metric, chunk_size=len(rows) or 1, device=dev)
 
     return rerank_sparse(block_fn, len(qt), len(gt), k1=k1, k2=k2, lambda_value=lambda_value, **kwargs)
