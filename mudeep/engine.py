@@ -183,6 +183,9 @@ def train(args, run: Run) -> Dict[str, Dict]:
             res = evaluate_histogram(ds, not args.no_cython)
             run.write_results(f"histogram/{key}", res)
             rows.append((f"colour histogram / {key}", res))
+    if start >= args.epochs:  # a re-run of a finished run trains nothing and shows what it stored
+        return run.report_finished(start, list(args.testset), lambda r: results_table(
+            [(f"trained {args.arch} / {k}", v) for k, v in r.items()]))
     opt_file = open_opt_file(args, run, append=bool(ckpt))
     results = {}
     try:

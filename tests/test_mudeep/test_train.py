@@ -161,6 +161,10 @@ class TestResume(unittest.TestCase):
             self.assertEqual((a["epoch"], b["epoch"]), (3, 3))
             for k, v in a["state_dict"].items():
                 self.assertTrue(torch.equal(v, b["state_dict"][k]), k)
+            p = WS.run("mudeep/main.py", tiny_args(exp_b, *common))  # finished: nothing is trained again
+            self.assertEqual(p.returncode, 0, p.stderr[-3000:])
+            self.assertIn("this run is finished (epoch 3)", p.stdout)
+            self.assertEqual(load_checkpoint(os.path.join(run_dir(exp_b), "checkpoint.pth"))["epoch"], 3)
             mom_a = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
             mom_b = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
             self.assertTrue(all(torch.equal(x, y) for x, y in zip(mom_a, mom_b)))
