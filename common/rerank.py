@@ -241,7 +241,7 @@ def _jaccard_sim_rows(vq: sp.csr_matrix, vg_csc: sp.csc_matrix) -> np.ndarray:
 
 
 def rerank_sparse(block_fn: BlockFn, num_query: int, num_gallery: int, k1: int = 20, k2: int = 6,
-                  lambda_value: float = 0.3, keep: Optional[int] = None, row_chunk: int = 1024,
+                  lambda_value: float = 0.3, keep: Optional[int] = None, row_chunk: int = 512,
                   col_chunk: int = 8192, query_chunk: int = 256, stats: Optional[dict] = None) -> np.ndarray:
     """k-reciprocal re-ranking equal to ``qaconv.rerank.k_reciprocal_rerank`` on the matrix ``block_fn`` defines.
 

@@ -131,3 +131,17 @@ def test_hand_worked_case():
                       dtype=np.float32)
     got = rerank_sparse(Blocks(d), 1, 2, k1=1, k2=1, lambda_value=0.5)
     assert np.array_equal(got, expect)
+
+
+def test_nan_and_inf_entries_propagate_as_in_dense():
+    """A NaN distance poisons its column maximum (a whole D0 row of NaN, recomputed in full and ranked by a
+    stable argsort: NaN last, index order); an inf one makes its D0 row 0 / NaN. Both must come out alike."""
+    q, g = 15, 45
+    d = _problem("features", q, g, seed=4)
+    d[3, 7], d[20, 2] = np.nan, np.inf
+    with np.errstate(invalid="ignore"):
+        dense = k_reciprocal_rerank(d, q, k1=5, k2=3)
+        stats = {}
+        sparse = rerank_sparse(Blocks(d), q, g, k1=5, k2=3, row_chunk=8, col_chunk=9, stats=stats)
+    assert np.isnan(dense).any() and stats["fallback_rows"] >= 2
+    assert np.array_equal(sparse, dense, equal_nan=True)
