@@ -47,7 +47,7 @@ from common.neighbors import kreciprocal_sets
 
 BlockFn = Callable[[np.ndarray, np.ndarray], Union[np.ndarray, torch.Tensor]]
 
-__all__ = ["rerank_sparse", "rerank_features", "neighbour_lists"]
+__all__ = ["rerank_sparse", "rerank_features", "neighbour_lists", "stitched_block_fn"]
 
 
 def _block(block_fn: BlockFn, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -294,6 +294,38 @@ def rerank_sparse(block_fn: BlockFn, num_query: int, num_gallery: int, k1: int =
         jac = one - sim / (two - sim)
         out[rows] = jac * w_j + out[rows] * w_d
     return out
+
+
+def stitched_block_fn(qg: np.ndarray, self_block: BlockFn) -> BlockFn:
+    """block_fn of [[qq, qg], [qg^T, gg]] from the (q, g) distances at hand and a callback for the self blocks.
+
+    The layout of ``qaconv.rerank.full_distance_matrix``: the query-gallery block is ``qg``, the gallery-query
+    block its transpose, and only the query-query / gallery-gallery entries are new work.
+
+    Args:
+        qg: (q, g) float32 query-vs-gallery distances.
+        self_block: ``self_block(rows, cols)`` -> distances of items of one side ([0, q) or [q, q+g), in the
+            concatenated index space; it is only called with rows and cols on the same side).
+    Returns:
+        ``block_fn(rows, cols)`` -> (len(rows), len(cols)) float32 numpy array.
+    """
+    qg = np.asarray(qg, dtype=np.float32)
+    q = qg.shape[0]
+
+    def block_fn(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        rows, cols = np.asarray(rows), np.asarray(cols)
+        out = np.empty((len(rows), len(cols)), dtype=np.float32)
+        rq, cq = rows < q, cols < q
+        if rq.any() and (~cq).any():
+            out[np.ix_(rq, ~cq)] = qg[np.ix_(rows[rq], cols[~cq] - q)]
+        if (~rq).any() and cq.any():
+            out[np.ix_(~rq, cq)] = qg[np.ix_(cols[cq], rows[~rq] - q)].T
+        for rm, cm in ((rq, cq), (~rq, ~cq)):
+            if rm.any() and cm.any():
+                out[np.ix_(rm, cm)] = _block(self_block, rows[rm], cols[cm])
+        return out
+
+    return block_fn
 
 
 def rerank_features(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, metric: str = "euclidean",

@@ -145,3 +145,26 @@ def test_nan_and_inf_entries_propagate_as_in_dense():
         sparse = rerank_sparse(Blocks(d), q, g, k1=5, k2=3, row_chunk=8, col_chunk=9, stats=stats)
     assert np.isnan(dense).any() and stats["fallback_rows"] >= 2
     assert np.array_equal(sparse, dense, equal_nan=True)
+
+
+def test_stitched_block_fn_builds_the_full_matrix_layout():
+    """[[qq, qg], [qg^T, gg]] as qaconv.rerank.full_distance_matrix, from qg and a self-block callback only."""
+    from common.rerank import stitched_block_fn
+    from qaconv.rerank import full_distance_matrix
+
+    rng = np.random.default_rng(9)
+    q, g = 11, 29
+    qq, qg, gg = (rng.random(s).astype(np.float32) for s in ((q, q), (q, g), (g, g)))  # qq, gg not symmetric
+    full, _ = full_distance_matrix(qq, qg, gg)
+    asked = []
+
+    def self_block(rows, cols):
+        asked.append((rows < q).all() == (cols < q).all() and ((rows < q).all() or (rows >= q).all()))
+        return full[np.ix_(rows, cols)] if (rows < q).all() else gg[np.ix_(rows - q, cols - q)]
+
+    fn = stitched_block_fn(qg, self_block)
+    rows, cols = rng.permutation(q + g)[:17], rng.permutation(q + g)[:23]
+    assert np.array_equal(fn(rows, cols), full[np.ix_(rows, cols)])
+    assert asked and all(asked)  # never asked for a cross block
+    assert np.array_equal(rerank_sparse(fn, q, g, k1=6, k2=3, row_chunk=8, col_chunk=16),
+                          k_reciprocal_rerank(full, q, k1=6, k2=3))
