@@ -112,7 +112,8 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for v in variants:
             res[v] = run_child(v, q, g, args, os.path.join(tmp, f"{v}.npy"))
-        rows = [("variant", "time (s)", "of which (q+g)^2 distances (s)", "peak RSS (MB)", "peak - RSS with features (MB)")]
+        rows = [("variant", "time (s)", "of which (q+g)^2 distances (s)", "peak RSS (MB)",
+                 "peak - RSS with features (MB)")]
         for v in variants:
             r = res[v]
             rows.append((v, f"{r['seconds']:.1f}", f"{r['dist_seconds']:.1f}" if v == "dense" else "-",
