@@ -214,7 +214,7 @@ def query_expansion(v: sp.csr_matrix, initial_rank: np.ndarray, k2: int) -> sp.c
 
 # ------------------------------------------------------------------------------------------------- Jaccard
 def jaccard_distance(v: sp.csr_matrix, rows: Optional[Sequence[int]] = None, cols: Optional[Sequence[int]] = None,
-                     row_chunk: int = 1024) -> sp.csr_matrix:
+                     row_chunk: int = 1024, max_dist: Optional[float] = None) -> sp.csr_matrix:
     """Sparse Jaccard distance between rows of V: 1 - sum(min) / sum(max), for pairs with an overlap.
 
     Args:
@@ -222,6 +222,8 @@ def jaccard_distance(v: sp.csr_matrix, rows: Optional[Sequence[int]] = None, col
         rows: row items of the result (default all N); e.g. the queries for re-ranking.
         cols: column items (default all N); e.g. the gallery.
         row_chunk: result rows per step (memory ~ the overlapping pairs of that many rows).
+        max_dist: also drop stored pairs farther than this (diagonal pairs kept); DBSCAN with ``eps <= max_dist``
+            finds the same neighbourhoods, with far fewer stored pairs.
     Returns:
         (len(rows), len(cols)) float32 CSR of distances; only pairs with sum(min) > 0 are stored (the others
         are at distance exactly 1), diagonal pairs (row item = column item) always; values clipped at 0.
@@ -257,6 +259,12 @@ def jaccard_distance(v: sp.csr_matrix, rows: Optional[Sequence[int]] = None, col
         with np.errstate(invalid="ignore", divide="ignore"):
             dist = np.where(smax > 0, 1.0 - smin.data / np.where(smax > 0, smax, 1.0), 1.0)
         smin.data = np.maximum(dist, 0.0)
+        if max_dist is not None:
+            diag = col_of[r][rr] == smin.indices
+            smin.data[~(diag | (smin.data <= max_dist))] = np.nan
+            keep = ~np.isnan(smin.data)
+            smin = sp.csr_matrix((smin.data[keep], smin.indices[keep], np.concatenate(
+                [[0], np.cumsum(np.bincount(rr[keep], minlength=len(r)))])), shape=smin.shape)
         out.append(smin)
     d = sp.vstack(out, format="csr") if out else sp.csr_matrix((0, len(cols)))
     d.sort_indices()
@@ -272,7 +280,7 @@ def dense_jaccard(dist: sp.csr_matrix) -> np.ndarray:
 
 
 def jaccard_from_features(feats, k1: int = 30, k2: int = 6, metric: str = "euclidean", device=None,
-                          search_k: Optional[int] = None) -> sp.csr_matrix:
+                          search_k: Optional[int] = None, max_dist: Optional[float] = None) -> sp.csr_matrix:
     """SpCL's clustering distance in O(N k) memory: k-NN (k1 neighbours, self included) -> V -> QE -> Jaccard.
 
     Args:
@@ -280,6 +288,7 @@ def jaccard_from_features(feats, k1: int = 30, k2: int = 6, metric: str = "eucli
         k1: neighbours searched and k of the k-reciprocal test; k2: query-expansion size.
         metric: see :func:`feature_distance`.
         search_k: neighbours searched (default k1, as SpCL's faiss search; re-ranking uses k1 + 1).
+        max_dist: see :func:`jaccard_distance` (clustering passes DBSCAN's eps).
     Returns:
         (N, N) sparse Jaccard distances (see :func:`jaccard_distance`).
     """
@@ -288,4 +297,4 @@ def jaccard_from_features(feats, k1: int = 30, k2: int = 6, metric: str = "eucli
     rank, _ = knn(n, n, search_k or k1, block, device=device)
     v = kreciprocal_encoding(rank, pair, k1)
     v = query_expansion(v, rank, k2)
-    return jaccard_distance(v)
+    return jaccard_distance(v, max_dist=max_dist)

@@ -19,9 +19,10 @@ from common.neighbors import jaccard_from_features
 EPS = {"market": 0.4, "duke": 0.6, "msmt": 0.7}
 
 
-def jaccard(features: torch.Tensor, k1: int = 30, k2: int = 6, device=None) -> sp.csr_matrix:
-    """SpCL's clustering distance (k1 neighbours searched, self included) as a sparse (N, N) CSR matrix."""
-    return jaccard_from_features(features, k1=k1, k2=k2, metric="euclidean", device=device)
+def jaccard(features: torch.Tensor, k1: int = 30, k2: int = 6, device=None, max_dist=None) -> sp.csr_matrix:
+    """SpCL's clustering distance (k1 neighbours searched, self included) as a sparse (N, N) CSR matrix; pairs
+    farther than ``max_dist`` are not stored (DBSCAN with eps <= max_dist gives the same labels)."""
+    return jaccard_from_features(features, k1=k1, k2=k2, metric="euclidean", device=device, max_dist=max_dist)
 
 
 def dbscan(dist, eps: float, min_samples: int = 4) -> np.ndarray:
@@ -83,5 +84,5 @@ def pseudo_labels(features: torch.Tensor, eps: float, k1: int = 30, k2: int = 6,
     Returns:
         ``(idx2labels (N,), num_cluster K, centres (K, D))``.
     """
-    idx2labels, k = idx_to_labels(dbscan(jaccard(features, k1, k2, device), eps, min_samples))
+    idx2labels, k = idx_to_labels(dbscan(jaccard(features, k1, k2, device, max_dist=eps), eps, min_samples))
     return idx2labels, k, cluster_centers(features, idx2labels, k)

@@ -193,6 +193,14 @@ class TestJaccard(unittest.TestCase):
             sparse = DBSCAN(eps=eps, min_samples=4, metric="precomputed").fit_predict(J)
             np.testing.assert_array_equal(sparse, dense)
             self.assertGreater(len(set(dense) - {-1}), 1)
+            # pruning stored pairs beyond eps keeps the labels and the diagonal, and stores fewer pairs
+            pruned = jaccard_from_features(x, k1=10, k2=6, device="cpu", max_dist=eps)
+            np.testing.assert_array_equal(DBSCAN(eps=eps, min_samples=4, metric="precomputed").fit_predict(pruned),
+                                          dense)
+            self.assertLess(pruned.nnz, J.nnz)
+            self.assertTrue((pruned.data <= eps).all())
+            diag = np.asarray(pruned[np.arange(n), np.arange(n)]).ravel()
+            np.testing.assert_array_equal(diag, np.diag(J.toarray()))
 
 
 if __name__ == "__main__":
