@@ -10,7 +10,7 @@ and whether both variants give the same DBSCAN labels. The dense reference runs 
 (about 5 N^2 x 4 bytes) fits in ``--dense-max-gib``.
 
 Usage:
-    python benchmarks/bench_cluster.py [--size market|msmt|N] [--dim 2048] [--device auto] [--dense-max-gib 8]
+    python benchmarks/bench_cluster.py [--size market|msmt|N] [--dim 2048] [--device auto] [--dense-max-gib 8] [--prune]
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_sparse(x, k1, k2, eps, device):
+def run_sparse(x, k1, k2, eps, device, max_dist=None):
     import torch
     from sklearn.cluster import DBSCAN
     from common.neighbors import feature_distance, jaccard_distance, knn, kreciprocal_encoding, query_expansion
@@ -60,7 +60,7 @@ def run_sparse(x, k1, k2, eps, device):
     t["knn"] = time.time() - s
     s = time.time()
     v = query_expansion(kreciprocal_encoding(rank, pair, k1), rank, k2)
-    d = jaccard_distance(v)
+    d = jaccard_distance(v, max_dist=max_dist)
     t["jaccard"] = time.time() - s
     s = time.time()
     labels = DBSCAN(eps=eps, min_samples=4, metric="precomputed", n_jobs=-1).fit_predict(d)
@@ -114,14 +114,16 @@ def run_dense(x, k1, k2, eps, device):
     return t, labels, {}
 
 
-def child(variant, n, ids, dim, k1, k2, eps, device, out_path):
+def child(variant, n, ids, dim, k1, k2, eps, device, out_path, max_dist=None):
     import torch  # noqa: F401  (imports first, so the figure is the stage's own memory)
     import sklearn.cluster  # noqa: F401
     import common.neighbors  # noqa: F401
     x = make_features(n, ids, dim)
     base = rss_mib()
-    fn = run_sparse if variant == "sparse" else run_dense
-    times, labels, extra = fn(x, k1, k2, eps, device)
+    if variant == "sparse":
+        times, labels, extra = run_sparse(x, k1, k2, eps, device, max_dist)
+    else:
+        times, labels, extra = run_dense(x, k1, k2, eps, device)
     np.save(out_path + ".npy", labels)
     with open(out_path, "w") as f:
         json.dump({"times": times, "peak_mib": peak_mib() - base, "clusters": int(len(set(labels) - {-1})),
@@ -137,6 +139,8 @@ def main():
     ap.add_argument("--k2", type=int, default=6)
     ap.add_argument("--eps", type=float, default=0.4)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--prune", action="store_true",
+                    help="sparse variant stores only pairs within eps (jaccard_distance(max_dist=eps), as mprd does)")
     ap.add_argument("--dense-max-gib", dest="dense_max_gib", type=float, default=8.0)
     ap.add_argument("--out", default="/tmp/bench_cluster")
     args = ap.parse_args()
@@ -151,7 +155,8 @@ def main():
     ctx = mp.get_context("spawn")
     for v in variants:
         path = f"{args.out}_{v}_{n}.json"
-        p = ctx.Process(target=child, args=(v, n, ids, args.dim, args.k1, args.k2, args.eps, device, path))
+        p = ctx.Process(target=child, args=(v, n, ids, args.dim, args.k1, args.k2, args.eps, device, path,
+                                                  args.eps if args.prune else None))
         p.start()
         p.join()
         with open(path) as f:
