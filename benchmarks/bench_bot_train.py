@@ -13,7 +13,9 @@ layers, counted by ``torch.utils.flop_counter.FlopCounterMode`` on one image).
 
 Timing: every (loop, stride) is built once and warmed up, then timed in ``--rounds`` chunks of ``--iters``
 iterations, visited in ABBA order (round 1 forwards, round 2 backwards, ...) so that a CPU whose speed drifts during
-the run biases no configuration; images/s = all timed images / all timed seconds of that configuration.
+the run biases no configuration; images/s = all timed images / all timed seconds of that configuration. Two clocks:
+wall time, and CPU time (this process's threads plus its finished loader workers, ``getrusage``), which other
+processes on a shared machine disturb far less than the wall clock (CPU-time figures are images per CPU-second).
 
     python benchmarks/bench_bot_train.py                       # CPU: resnet18, 128x64, batch 16 (P x K = 4 x 4)
     python benchmarks/bench_bot_train.py --arch resnet50 --height 256 --width 128 --batch-size 64 --device cuda --amp
@@ -21,7 +23,9 @@ the run biases no configuration; images/s = all timed images / all timed seconds
 from __future__ import annotations
 
 import argparse
+import gc
 import os
+import resource
 import sys
 import time
 from typing import Callable, Dict, List, Tuple
@@ -47,6 +51,12 @@ Chunk = Callable[[int], int]  # chunk(n iterations) -> images trained
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process's threads and of its reaped children (loader workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def note(msg: str) -> None:
@@ -130,39 +140,47 @@ def measure(dataset, args, device) -> Dict[Tuple[str, int], Dict[str, float]]:
     for key in configs:
         torch.manual_seed(0)
         chunk, model = (build_plain if key[0] == "plain" else build_bot)(dataset, args, device, key[1])
-        out[key] = {"gflop": forward_gflop(model, args.height, args.width, device), "images": 0, "seconds": 0.0}
+        out[key] = {"gflop": forward_gflop(model, args.height, args.width, device), "images": 0, "seconds": 0.0,
+                    "cpu_seconds": 0.0}
         note(f"built {key[0]} loop, last stride {key[1]}: {out[key]['gflop']:.3f} GFLOP/image; warm-up")
         chunk(args.warmup)
         chunks[key] = chunk
     for r in range(args.rounds):
         for key in (configs if r % 2 == 0 else configs[::-1]):
             sync(device)
-            start = time.perf_counter()
+            gc.collect()
+            start, cpu_start = time.perf_counter(), cpu_seconds()
             images = chunks[key](args.iters)
             sync(device)
-            out[key]["seconds"] += time.perf_counter() - start
+            gc.collect()  # the chunk's loader iterator is gone: its workers are joined and counted
+            wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+            out[key]["seconds"] += wall
+            out[key]["cpu_seconds"] += cpu
             out[key]["images"] += images
-            note(f"round {r + 1}/{args.rounds} {key[0]} stride {key[1]}: {images} images in "
-                 f"{time.perf_counter() - start:.1f} s")
+            note(f"round {r + 1}/{args.rounds} {key[0]} stride {key[1]}: {images} images in {wall:.1f} s "
+                 f"({cpu:.1f} CPU-s)")
     for v in out.values():
         v["images_per_s"] = v["images"] / v["seconds"]
+        v["images_per_cpu_s"] = v["images"] / v["cpu_seconds"]
     return out
 
 
 def table(res: Dict[Tuple[str, int], Dict[str, float]], strides: List[int]) -> str:
-    """Markdown tables: equal-model ratio per stride, then the last-stride cost."""
-    lines = ["| last stride | GFLOP/image plain / BoT | plain images/s | BoT images/s | **BoT / plain** |",
-             "|---|---|---|---|---|"]
+    """Markdown tables: equal-model ratio per stride (wall clock and CPU time), then the last-stride cost."""
+    lines = ["| last stride | GFLOP/image plain / BoT | images/s plain / BoT | **BoT / plain** (wall) | "
+             "images per CPU-s plain / BoT | **BoT / plain** (CPU) |", "|---|---|---|---|---|---|"]
     for s in strides:
         p, b = res[("plain", s)], res[("bot", s)]
-        lines.append(f"| {s} | {p['gflop']:.3f} / {b['gflop']:.3f} | {p['images_per_s']:.2f} | "
-                     f"{b['images_per_s']:.2f} | **{b['images_per_s'] / p['images_per_s']:.3f}** |")
+        lines.append(f"| {s} | {p['gflop']:.3f} / {b['gflop']:.3f} | {p['images_per_s']:.2f} / "
+                     f"{b['images_per_s']:.2f} | **{b['images_per_s'] / p['images_per_s']:.3f}** | "
+                     f"{p['images_per_cpu_s']:.2f} / {b['images_per_cpu_s']:.2f} | "
+                     f"**{b['images_per_cpu_s'] / p['images_per_cpu_s']:.3f}** |")
     if 1 in strides and 2 in strides:
         lines += ["", "| last-stride cost (stride 1 / stride 2) | plain loop | BoT loop |", "|---|---|---|"]
-        g = [res[(loop, 1)]["gflop"] / res[(loop, 2)]["gflop"] for loop in ("plain", "bot")]
-        t = [res[(loop, 1)]["images_per_s"] / res[(loop, 2)]["images_per_s"] for loop in ("plain", "bot")]
-        lines.append(f"| forward GFLOP/image | {g[0]:.3f} | {g[1]:.3f} |")
-        lines.append(f"| throughput (images/s) | {t[0]:.3f} | {t[1]:.3f} |")
+        for label, field in (("forward GFLOP/image", "gflop"), ("throughput, wall (images/s)", "images_per_s"),
+                             ("throughput, CPU (images per CPU-s)", "images_per_cpu_s")):
+            r = [res[(loop, 1)][field] / res[(loop, 2)][field] for loop in ("plain", "bot")]
+            lines.append(f"| {label} | {r[0]:.3f} | {r[1]:.3f} |")
     return "\n".join(lines)
 
 
