@@ -143,7 +143,8 @@ def train(args, run: Run) -> Dict:
         opt_enc.load_state_dict(state["opt_enc"])
         opt_dec.load_state_dict(state["opt_dec"])
         set_rng_state(state["rng"])
-        run.log(f"resumed from {ckpt} at epoch {start} of {total} ({'warm-up' if start < args.warm_up_epoch else 'main'})")
+        phase = "warm-up" if start < args.warm_up_epoch else "main"
+        run.log(f"resumed from {ckpt} at epoch {start} of {total} ({phase})")
     elif args.compare_histogram:
         rows += evaluate_all(args, run, enc, f"untrained {args.arch}", datasets)
         for key in args.testset:
