@@ -212,7 +212,7 @@ class TestCUHK03NP(DatasetTestCase):
         self.assertEqual({r.camid for r in ds.train}, {0, 1})
         self.assertEqual({r.frame for r in ds.train}, {-1})
         self.assertEqual(ds.protocol, "market1501")
-        self.assertEqual(len(build_dataset("cuhk03", self.root, verbose=False).train), 4)  # alias -> detected
+        self.assertEqual(len(build_dataset("cuhk03_np", self.root, verbose=False).train), 4)  # alias -> detected
 
     def test_labeled(self):
         ds = build_dataset("cuhk03_np_labeled", self.root, verbose=False)
