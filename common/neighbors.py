@@ -214,7 +214,8 @@ def query_expansion(v: sp.csr_matrix, initial_rank: np.ndarray, k2: int) -> sp.c
 
 # ------------------------------------------------------------------------------------------------- Jaccard
 def jaccard_distance(v: sp.csr_matrix, rows: Optional[Sequence[int]] = None, cols: Optional[Sequence[int]] = None,
-                     row_chunk: int = 1024, max_dist: Optional[float] = None) -> sp.csr_matrix:
+                     row_chunk: int = 1024, max_dist: Optional[float] = None,
+                     max_pairs: int = 1 << 22) -> sp.csr_matrix:
     """Sparse Jaccard distance between rows of V: 1 - sum(min) / sum(max), for pairs with an overlap.
 
     Args:
@@ -222,6 +223,8 @@ def jaccard_distance(v: sp.csr_matrix, rows: Optional[Sequence[int]] = None, col
         rows: row items of the result (default all N); e.g. the queries for re-ranking.
         cols: column items (default all N); e.g. the gallery.
         row_chunk: result rows per step (memory ~ the overlapping pairs of that many rows).
+        max_pairs: also cut a step's rows so that it expands at most about this many (row, feature, column)
+            triples (the peak working memory is ~50 bytes per triple; a single row may exceed it).
         max_dist: also drop stored pairs farther than this (diagonal pairs kept); DBSCAN with ``eps <= max_dist``
             finds the same neighbourhoods, with far fewer stored pairs.
     Returns:
@@ -236,9 +239,21 @@ def jaccard_distance(v: sp.csr_matrix, rows: Optional[Sequence[int]] = None, col
     vc = v[cols].tocsc()                                   # column item j' in 0..len(cols)-1, feature k
     col_of = np.full(n, -1, dtype=np.int64)
     col_of[cols] = np.arange(len(cols))                    # the column item of each row item, if any
+    # per-row count of the triples it expands to, then steps of at most row_chunk rows / max_pairs triples
+    col_cnt = np.diff(vc.indptr)
+    per_row = np.add.reduceat(np.concatenate([col_cnt[v.indices], [0]]), v.indptr[:-1]) * (np.diff(v.indptr) > 0)
+    per_row = per_row[rows]
+    bounds, start, acc = [], 0, 0
+    for i, c in enumerate(per_row.tolist()):
+        if i > start and (i - start >= row_chunk or acc + c > max_pairs):
+            bounds.append((start, i))
+            start, acc = i, 0
+        acc += c
+    if len(rows):
+        bounds.append((start, len(rows)))
     out = []
-    for s in range(0, len(rows), row_chunk):
-        r = rows[s:s + row_chunk]
+    for s, e in bounds:
+        r = rows[s:e]
         vr = v[r]                                          # (R, M) CSR
         # every (row item, feature k) entry meets every column item with a non-zero in feature k
         ent_row = np.repeat(np.arange(len(r)), np.diff(vr.indptr))

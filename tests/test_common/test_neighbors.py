@@ -149,6 +149,9 @@ class TestJaccard(unittest.TestCase):
         V = query_expansion(kreciprocal_encoding(rank, pair, 7), rank, 3)
         J = jaccard_distance(V, row_chunk=9)
         np.testing.assert_allclose(dense_jaccard(J), J_ref, atol=1e-6)
+        small_steps = jaccard_distance(V, max_pairs=5)          # steps cut by the triple budget: same result
+        np.testing.assert_array_equal(small_steps.toarray(), J.toarray())
+        np.testing.assert_array_equal(small_steps.indptr, J.indptr)
         # stored entries are exactly the overlapping pairs plus the diagonal: O(N k), not N x N
         overlap = (np.minimum(V_ref[:, None, :], V_ref[None, :, :]).sum(-1) > 0) | np.eye(50, dtype=bool)
         stored = np.zeros((50, 50), bool)
