@@ -19,14 +19,18 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from common.data.loaders import build_test_loader
 from common.datasets.base import Record, records_arrays
 from common.eval.cmc import CMC_CONFIGS, evaluate_all
 from common.eval.features import Features, extract_features, inference_context
 from common.eval.rank import evaluate_rank
+from common.progress import bar as progress_bar
+from common.rerank import rerank_sparse, stitched_block_fn
 from qaconv.rerank import full_distance_matrix, k_reciprocal_rerank
+
+#: q + g from which re-ranking never builds the (q + g)^2 matrix (common.rerank, same distances as the dense code)
+SPARSE_RERANK_MIN_ITEMS = 8192
 from qaconv.tlift import tlift
 from qaconv.transforms import build_test_transform
 
@@ -112,7 +116,7 @@ def pairwise_scores(matcher: nn.Module, prob: torch.Tensor, gal: torch.Tensor, p
     score = torch.empty(num_p, num_g, dtype=torch.float32)
     net = _matcher_for(matcher, device, dtype)
     with inference_context(net), torch.inference_mode():
-        for i in tqdm(range(0, num_p, prob_batch), desc="QAConv scores", disable=not progress, leave=False):
+        for i in progress_bar(desc="QAConv scores", progress=progress, iterable=range(0, num_p, prob_batch)):
             p = prob[i:i + prob_batch].to(device=device, dtype=dtype, non_blocking=True)
             for k in range(0, num_g, gal_batch):
                 g = gal[k:k + gal_batch].to(device=device, dtype=dtype, non_blocking=True)
@@ -238,7 +242,8 @@ def evaluate_qaconv(matcher: nn.Module, query: Union[Features, torch.Tensor], ga
                     distance: str = "neg", do_rerank: bool = False, do_tlift: bool = False, k1: int = 20,
                     k2: int = 6, lambda_value: float = 0.3, tau: float = 100, sigma: float = 200, K: int = 10,
                     alpha: float = 0.2, use_cython: bool = True, use_metric_cuhk03: bool = False,
-                    progress: bool = False, return_dists: bool = False, version: Optional[str] = None):
+                    progress: bool = False, return_dists: bool = False, version: Optional[str] = None,
+                    sparse_rerank_min: int = SPARSE_RERANK_MIN_ITEMS):
     """Evaluate QAConv matching of query against gallery maps, optionally with re-ranking and TLift.
 
     Plain: dist = score_to_distance(pairwise_scores(query, gallery), distance) -> :func:`rank_metrics`.
@@ -266,6 +271,9 @@ def evaluate_qaconv(matcher: nn.Module, query: Union[Features, torch.Tensor], ga
         return_dists: also return the distance matrices.
         version: the QAConv release (``args.version``); only the orientation of the re-ranking's qq and gg
             blocks depends on it. None: as 1.2 and later.
+        sparse_rerank_min: from this many query + gallery images on, re-ranking uses
+            :func:`common.rerank.rerank_sparse` (top-k lists from QAConv score blocks, sparse V, Jaccard only for
+            query-gallery pairs; the same distances as the dense code, without the (q+g)^2 matrix).
     Returns:
         dict of floats (see :func:`rank_metrics`; keys with '', '_rerank', '_tlift' suffixes), and with
         ``return_dists`` a second dict with 'dist' (Q, G) and, when computed, 'dist_rerank', 'dist_tlift'
@@ -285,14 +293,27 @@ def evaluate_qaconv(matcher: nn.Module, query: Union[Features, torch.Tensor], ga
         warnings.warn("evaluate_qaconv: do_tlift needs query and gallery time stamps; TLift skipped.",
                       RuntimeWarning, stacklevel=2)
     if do_rerank or (do_tlift and has_times):
-        qq = score_to_distance(pairwise_scores(matcher, q_maps, q_maps, **chunk), distance)
-        gg = score_to_distance(pairwise_scores(matcher, g_maps, g_maps, **chunk), distance)
-        if self_block_transposed(version):
-            qq, gg = qq.t(), gg.t()
-        full, num_q = full_distance_matrix(qq, dist, gg)
-        del qq, gg
-        dist_rerank = k_reciprocal_rerank(full, num_q, k1=k1, k2=k2, lambda_value=lambda_value)
-        del full
+        if len(q_pids) + len(g_pids) >= sparse_rerank_min:  # never the (q + g)^2 matrix: blocks on demand
+            maps, transposed = torch.cat([q_maps, g_maps]), self_block_transposed(version)
+            quiet = dict(chunk, progress=False)
+
+            def self_block(rows, cols):  # qq or gg entries of the concatenated index space
+                a, b = maps[torch.as_tensor(rows)], maps[torch.as_tensor(cols)]
+                s = pairwise_scores(matcher, b, a, **quiet).t() if transposed else pairwise_scores(matcher, a, b,
+                                                                                                  **quiet)
+                return score_to_distance(s, distance).numpy()
+
+            dist_rerank = rerank_sparse(stitched_block_fn(dist, self_block), len(q_pids), len(g_pids), k1=k1, k2=k2,
+                                        lambda_value=lambda_value)
+        else:
+            qq = score_to_distance(pairwise_scores(matcher, q_maps, q_maps, **chunk), distance)
+            gg = score_to_distance(pairwise_scores(matcher, g_maps, g_maps, **chunk), distance)
+            if self_block_transposed(version):
+                qq, gg = qq.t(), gg.t()
+            full, num_q = full_distance_matrix(qq, dist, gg)
+            del qq, gg
+            dist_rerank = k_reciprocal_rerank(full, num_q, k1=k1, k2=k2, lambda_value=lambda_value)
+            del full
         results.update(rank_metrics(dist_rerank, q_pids, g_pids, q_cams, g_cams, "_rerank", **metric_kw))
         dists["dist_rerank"] = dist_rerank
         if do_tlift and has_times:

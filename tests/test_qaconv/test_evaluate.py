@@ -295,5 +295,32 @@ class TestWithQAConvMatcher(unittest.TestCase):
         self.assertTrue(matcher.training)
 
 
+    def test_sparse_rerank_path_equals_the_dense_one(self):
+        # above SPARSE_RERANK_MIN_ITEMS the re-ranking asks the real (non-symmetric) matcher for score blocks only;
+        # it must give the dense (q+g)^2 path's distances, in both release orientations
+        from unittest import mock
+        import qaconv.evaluate as QE
+        from qaconv.model import QAConv
+        torch.manual_seed(1)
+        prob = F.normalize(torch.randn(6, 8, 3, 2), dim=1)
+        gal = F.normalize(torch.randn(20, 8, 3, 2), dim=1)
+        q_recs = [Record(f"q{i}.jpg", i % 3 + 1, 0, -1) for i in range(6)]
+        g_recs = [Record(f"g{i}.jpg", i % 5 + 1, 1, -1) for i in range(20)]
+        for version, layout in ((None, "2.1"), ("1.0", "1")):
+            matcher = QAConv(8, 3, 2, version=layout)
+            with torch.no_grad():
+                matcher.fc.weight.normal_()  # a matcher whose s(a, b) != s(b, a) in the 1.x layout
+            out = {}
+            for name, threshold in (("dense", 10 ** 9), ("sparse", 0)):
+                with mock.patch.object(QE, "rerank_sparse", wraps=QE.rerank_sparse) as sparse:
+                    out[name] = evaluate_qaconv(matcher, prob, gal, q_recs, g_recs, prob_batch=4, gal_batch=7,
+                                                distance="sigmoid", do_rerank=True, k1=4, k2=2, use_cython=False,
+                                                return_dists=True, version=version, sparse_rerank_min=threshold)
+                self.assertEqual(sparse.call_count, int(name == "sparse"))
+            np.testing.assert_allclose(out["sparse"][1]["dist_rerank"], out["dense"][1]["dist_rerank"], atol=1e-6)
+            self.assertFalse(np.allclose(out["dense"][1]["dist_rerank"], out["dense"][1]["dist"], atol=1e-3))
+            self.assertAlmostEqual(out["sparse"][0]["mAP_rerank"], out["dense"][0]["mAP_rerank"], places=6)
+
+
 if __name__ == "__main__":
     unittest.main()
