@@ -54,7 +54,8 @@ def add_qaconv_args(parser: argparse.ArgumentParser) -> None:
                    help="class memory (1.x), pairwise matching (2.0) or batch-hard triplet (2.1)")
     g.add_argument("--margin", type=float, help="triplet margin on QAConv scores (2.1: 16)")
     g.add_argument("--mem_batch_size", "--mem-batch-size", dest="mem_batch_size", type=int, default=16,
-                   help="classes per matcher call in the class-memory loss")
+                   help="classes per chunk of the class-memory loss (1.2: one matcher call and BN update per chunk, "
+                        "as the original; 1.0/1.1: a memory bound only, the head runs once over all classes)")
     g.add_argument("--step_size", "--step-size", dest="step_size", type=int,
                    help="StepLR period in epochs (1.x, 2.0)")
     g.add_argument("--step_factor", "--step-factor", dest="step_factor", type=float,
