@@ -63,7 +63,8 @@ def feature_distance(feats: Union[torch.Tensor, np.ndarray], metric: str = "eucl
             return 1.0 - a @ b.t()
         return (sq[rows.to(x.device)][:, None] + sq[cols.to(x.device)][None, :] - 2.0 * (a @ b.t())).clamp_(min=0)
 
-    def pair(ia: np.ndarray, ib: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
+    def pair(ia: np.ndarray, ib: np.ndarray, chunk: int = 0) -> np.ndarray:
+        chunk = chunk or max(256, (1 << 24) // max(x.shape[1], 1))      # ~64 MiB of gathered rows per step
         out = np.empty(len(ia), dtype=np.float32)
         for s in range(0, len(ia), chunk):
             ta = torch.as_tensor(np.asarray(ia[s:s + chunk]), dtype=torch.long, device=x.device)
