@@ -23,7 +23,7 @@ from common.eval.report import results_table
 from common.run import Run, setup_run
 from san.data import build_san_train_loader
 from san.decoder import SADecoder
-from san.evaluate import evaluate_histogram, evaluate_model
+from san.evaluate import evaluate_histogram, evaluate_model, visualize_ranks
 from san.loss import ReidCriterion
 from san.model import SAEncoder
 from san.textures import pair_textures, true_synthetic_textures
@@ -198,6 +198,12 @@ def test(args, run: Run) -> Dict:
     state = load_checkpoint(path, map_location=run.device)
     enc, _ = build_models(args, int(state["num_classes"]), run.device, pretrained=False)
     enc.load_state_dict(state["encoder"])
-    rows = evaluate_all(args, run, enc, f"{args.arch} ({os.path.basename(path)})", {})
+    datasets: Dict = {}
+    rows = evaluate_all(args, run, enc, f"{args.arch} ({os.path.basename(path)})", datasets)
     run.log("\n" + results_table(rows, title=f"{','.join(args.testset)}  (percent)"))
+    if args.visualize_ranks:
+        for key in args.testset:
+            out = os.path.join(run.dir, "ranked_results", key)
+            files = visualize_ranks(enc, datasets[key], args, run.device, out)
+            run.log(f"wrote {len(files)} ranked lists (top-10) under {out}")
     return dict(rows)

@@ -40,6 +40,16 @@ def evaluate_model(model, dataset: ReidDataset, args, device) -> Dict:
     return evaluate_features(qf, gf, dataset, args.use_metric_cuhk03, not args.no_cython)
 
 
+def visualize_ranks(model, dataset: ReidDataset, args, device, out_dir: str, topk: int = 10) -> list:
+    """The release's ``--visualize-ranks``: every query's top-``topk`` ranked list as a picture (rank, id and
+    camera under each image; green = same identity) in ``out_dir`` (common.eval.visualize). Returns the files."""
+    from common.eval.visualize import visualize_ranked_results
+    qf = extract(model, dataset.query, args, device, f"{dataset.name} query")
+    gf = extract(model, dataset.gallery, args, device, f"{dataset.name} gallery")
+    return visualize_ranked_results(compute_distmat(qf, gf, metric="euclidean"), dataset.query,
+                                    dataset.gallery, out_dir, topk=topk)
+
+
 def evaluate_histogram(dataset: ReidDataset, args) -> Dict:
     """The colour-histogram reference on the same split."""
     from common.eval.histogram import histogram_features

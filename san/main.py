@@ -83,7 +83,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--use-cpu", dest="use_cpu", action="store_true")
     g.add_argument("--gpu-devices", dest="gpu_devices", default="", help="CUDA_VISIBLE_DEVICES (release flag)")
     g.add_argument("--use-avai-gpus", dest="use_avai_gpus", action="store_true", help=argparse.SUPPRESS)
-    g.add_argument("--visualize-ranks", dest="visualize_ranks", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("--visualize-ranks", dest="visualize_ranks", action="store_true",
+                   help="with --evaluate: every query's top-10 ranked list as a picture under <run>/ranked_results/")
 
     g = p.add_argument_group("SAN (ours)")
     g.add_argument("--baseline", action="store_true", help="re-ID losses only, no decoder (the paper's Baseline)")

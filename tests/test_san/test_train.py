@@ -55,11 +55,15 @@ class TestTrain(unittest.TestCase):
             lines = [json.loads(x) for x in open(os.path.join(d, "metrics.jsonl"))]
             self.assertTrue(any("train/tr" in x and "train/rec" in x for x in lines))
             p = WS.run("san/main.py", base_args(exp, "--evaluate", "--load-weights", os.path.join(d, "checkpoint.pth"),
-                                                "--run-name", "eval"))
+                                                "--run-name", "eval", "--visualize-ranks"))
             self.assertEqual(p.returncode, 0, p.stderr[-3000:])
             ev = json.load(open(os.path.join(exp, "san", "synthetic", "eval", "results.json")))
             ev = [v for k, v in ev.items() if k != "_meta"][0]
             self.assertAlmostEqual(ev["mAP"], res["mAP"], places=6)  # the same weights give the same figures
+            pictures = os.listdir(os.path.join(exp, "san", "synthetic", "eval", "ranked_results", "synthetic"))
+            from common.datasets import build_dataset
+            num_query = len(build_dataset("synthetic", WS.data, num_ids=WS.num_ids, verbose=False).query)
+            self.assertEqual(len([f for f in pictures if f.endswith(".png")]), num_query)  # one per query
 
     def test_missing_textures_stop_with_the_command(self):
         with tempfile.TemporaryDirectory() as exp:
