@@ -43,9 +43,14 @@ demo-qaconv: eval_cylib
 	$(PYTHON) qaconv/main_gs.py $(QAConv_DEMO_ARGS)
 
 bench: eval_cylib
-	$(PYTHON) benchmarks/bench_eval.py --sizes market,msmt
+	$(PYTHON) benchmarks/bench_eval.py --sizes market
+	$(PYTHON) benchmarks/bench_eval.py --sizes msmt --repeat 1 --no-argsort
 	$(PYTHON) benchmarks/bench_bot_train.py
 	$(PYTHON) benchmarks/bench_qaconv_matcher.py
+	$(PYTHON) benchmarks/bench_rerank.py
+	$(PYTHON) benchmarks/bench_cluster.py --size market --prune
+	$(PYTHON) benchmarks/bench_san.py
+	$(PYTHON) benchmarks/bench_mudeep.py
 
 # Every method's paper table (<method>/paper_results.json) with our runs' figures beside it; TABLES_ARGS=--markdown
 # prints Markdown for the READMEs.
