@@ -76,6 +76,14 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _world():
+    """(world size, rank) of torch.distributed, (1, 0) when it is not in use."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
 def save_checkpoint(path: str, state: Dict[str, Any], args: Optional[Dict[str, Any]] = None) -> str:
     """Save ``state`` (plus ``args``) atomically and write the resolved args as ``args.json`` beside it.
 
@@ -84,10 +92,18 @@ def save_checkpoint(path: str, state: Dict[str, Any], args: Optional[Dict[str, A
         state: tensors, state dicts and plain Python values only (so it loads with ``weights_only=True``).
         args: resolved arguments (``vars(args)``); stored inside the checkpoint and as ``{"args": ...}`` in the
             ``args.json`` beside it (the run's own args.json keeps its argv / git / environment entries).
+    Under torchrun only rank 0 writes (the others return at once), and ``state["world_size"]`` records the number of
+    processes (1 alone) for :func:`common.distributed.check_world_size` on resume. Anything collective (e.g.
+    ``gather_rng_states``) must be computed on every rank *before* this call.
+
     Returns:
         path.
     """
+    world, rank = _world()
+    if rank != 0:
+        return path
     state = dict(state)
+    state.setdefault("world_size", world)
     if args is not None:
         state["args"] = json.loads(json.dumps(args, default=str))
         side = os.path.join(os.path.dirname(os.path.abspath(path)), "args.json")

@@ -34,6 +34,10 @@ class ReidError(Exception):
         return "\n".join(lines)
 
 
+class PeerError(ReidError):
+    """Under torchrun: rank 0 failed with this error (and printed it); the other ranks exit quietly with code 2."""
+
+
 def _expected_types():
     types = [ReidError]
     try:  # these carry their own full messages (expected tree, file name and URL, ...)
@@ -49,6 +53,19 @@ def format_error(e: BaseException) -> str:
     return e.block() if isinstance(e, ReidError) else f"error: {e}"
 
 
+def report_error(e: BaseException, logger_name: str = "reid") -> None:
+    """Print an expected error as one block to stderr and to every file handler of the logger (the run's log.txt);
+    marks it reported, so that :func:`run_main` does not print it twice."""
+    text = format_error(e)
+    logger: Optional[logging.Logger] = logging.getLogger(logger_name)
+    for h in list(logger.handlers):
+        if isinstance(h, logging.FileHandler):
+            h.stream.write(text + "\n")
+            h.flush()
+    print(text, file=sys.stderr, flush=True)
+    e.reported = True
+
+
 def run_main(main: Callable, argv=None, logger_name: str = "reid") -> None:
     """Call ``main(argv)``; print an expected error as one block and exit 2 (no traceback).
 
@@ -56,14 +73,11 @@ def run_main(main: Callable, argv=None, logger_name: str = "reid") -> None:
     """
     try:
         main(argv)
+    except PeerError:
+        sys.exit(2)
     except _expected_types() as e:
-        text = format_error(e)
-        logger: Optional[logging.Logger] = logging.getLogger(logger_name)
-        for h in list(logger.handlers):
-            if isinstance(h, logging.FileHandler):
-                h.stream.write(text + "\n")
-                h.flush()
-        print(text, file=sys.stderr)
+        if not getattr(e, "reported", False):
+            report_error(e, logger_name)
         sys.exit(2)
 
 

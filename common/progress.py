@@ -4,13 +4,16 @@ Captured logs (CI, ``nohup``, ``| tee``) then hold whole lines only, never the c
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from tqdm import tqdm
 
 
 def interactive(progress: bool = True) -> bool:
-    """True when a bar should be drawn: ``progress`` is on and stderr is a terminal."""
+    """True when a bar should be drawn: ``progress`` is on, stderr is a terminal and this is rank 0 (torchrun)."""
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return False
     try:
         return bool(progress) and sys.stderr.isatty()
     except (AttributeError, ValueError):  # closed or replaced stream

@@ -23,9 +23,14 @@ from typing import Any, Dict, Optional
 
 from common.checkpoint import atomic_write_json
 from common.env import collect_env, git_sha, seed_everything, select_device
-from common.errors import ReidError
+from common.errors import PeerError, ReidError, report_error
 
 LOGGER_NAME = "reid"
+
+
+def torch_device(device):
+    import torch
+    return device if isinstance(device, torch.device) else torch.device(str(device))
 
 
 def setup_logger(log_file: Optional[str] = None, name: str = LOGGER_NAME) -> logging.Logger:
@@ -50,10 +55,11 @@ def setup_logger(log_file: Optional[str] = None, name: str = LOGGER_NAME) -> log
 class MetricWriter:
     """JSON-lines metrics file plus a lazily created tensorboardX ``SummaryWriter``."""
 
-    def __init__(self, run_dir: str, tensorboard: bool = True):
+    def __init__(self, run_dir: str, tensorboard: bool = True, enabled: bool = True):
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.tb_dir = os.path.join(run_dir, "tb")
-        self.tensorboard = tensorboard
+        self.tensorboard = tensorboard and enabled
+        self.enabled = enabled  # False on ranks other than 0: nothing is written
         self._tb = None
 
     @property
@@ -65,6 +71,8 @@ class MetricWriter:
 
     def write(self, step: int, prefix: str = "", **scalars: float) -> None:
         """Append ``{"step": step, **scalars}``; scalars also go to TensorBoard under ``prefix/name``."""
+        if not self.enabled:
+            return
         record = {"step": int(step), "time": round(time.time(), 3)}
         record.update({(f"{prefix}/{k}" if prefix else k): _plain(v) for k, v in scalars.items()})
         with open(self.path, "a") as f:
@@ -88,12 +96,22 @@ def _plain(v):
 
 
 class Run:
-    """Handles of one run: folder, logger, device, metrics and results writers."""
+    """Handles of one run: folder, logger, device, metrics and results writers.
+
+    Under torchrun only rank 0 writes (``is_main``): on the other ranks the folder is not touched, ``log`` prints
+    nothing, metrics and results are dropped; ``dist`` is the :class:`common.distributed.DistContext`.
+    """
 
     def __init__(self, run_dir: str, args, device, logger: logging.Logger, writer: MetricWriter,
-                 lock: Optional["RunLock"] = None, mode: str = "train"):
+                 lock: Optional["RunLock"] = None, mode: str = "train", dist=None):
         self.dir, self.args, self.device, self.logger, self.writer = run_dir, args, device, logger, writer
         self.lock, self.mode = lock, mode
+        if dist is None:
+            from common.distributed import DistContext
+            dist = DistContext(device=torch_device(device))
+        self.dist = dist
+        self.is_main = dist.rank == 0
+        self.world_size = dist.world_size
         self.checkpoint_path = os.path.join(run_dir, "checkpoint.pth")
         self.results_path = os.path.join(run_dir, "results.json")
         self.start_time = time.time()
@@ -130,7 +148,9 @@ class Run:
         self.writer.write(step, prefix, **scalars)
 
     def write_results(self, name: str, results: Dict[str, Any]) -> None:
-        """Merge ``results`` under key ``name`` into results.json (atomic)."""
+        """Merge ``results`` under key ``name`` into results.json (atomic; rank 0 only)."""
+        if not self.is_main:
+            return
         data = {}
         if os.path.exists(self.results_path):
             with open(self.results_path) as f:
@@ -313,12 +333,45 @@ def setup_run(args, method: str, extra_info: Optional[Dict[str, Any]] = None, mo
         mode: ``train`` (args.json), ``test`` (args_test.json), ``visualize``; default from ``args.mode`` /
             ``args.evaluate``.
         resume_allowed: args that may differ from a stored training run that is resumed.
+    Under torchrun (``WORLD_SIZE`` > 1) this also joins the process group (:func:`common.distributed.init_distributed`):
+    rank 0 does all of the above; the other ranks get a :class:`Run` that writes nothing, the rank's device and its
+    own seed (:func:`common.distributed.rank_seed`), and raise :class:`common.errors.PeerError` when rank 0 fails.
+
     Returns:
         the :class:`Run`.
     Raises:
         ReidError: the folder is locked by a live process, or a resume would use other args (see
             :func:`check_resume_args`).
     """
+    from common.distributed import broadcast_object, init_distributed, rank_seed
+    ctx = init_distributed(getattr(args, "device", "auto"))
+    if not ctx.distributed:
+        return _setup_main(args, method, extra_info, mode, resume_allowed, ctx)
+    run, failure = None, None
+    if ctx.rank == 0:  # rank 0 makes the folder and checks the resume; the others learn the outcome
+        try:
+            run = _setup_main(args, method, extra_info, mode, resume_allowed, ctx)
+        except ReidError as e:  # reported before the others are told, so they cannot end the job first
+            report_error(e)
+            broadcast_object((e.what, e.fix, e.where))
+            raise
+        except BaseException as e:
+            broadcast_object((f"rank 0 failed to set up the run ({type(e).__name__}: {e})", "", ""))
+            raise
+    failure = broadcast_object(failure)
+    if ctx.rank != 0:
+        if failure is not None:
+            raise PeerError(*failure)
+        seed_everything(rank_seed(args.seed, ctx.rank), getattr(args, "deterministic", False))
+        logger = logging.getLogger(f"{LOGGER_NAME}.rank{ctx.rank}")
+        logger.propagate, logger.disabled = False, True
+        run = Run(run_dir_for(args, method), args, ctx.device, logger,
+                  MetricWriter(run_dir_for(args, method), enabled=False), None, mode or run_mode(args), ctx)
+    return run
+
+
+def _setup_main(args, method: str, extra_info, mode, resume_allowed, ctx) -> Run:
+    """:func:`setup_run` on rank 0 (or alone): the folder, lock, resume check, logger, seed and args file."""
     mode = mode or run_mode(args)
     run_dir = run_dir_for(args, method)
     try:
@@ -335,12 +388,12 @@ def setup_run(args, method: str, extra_info: Optional[Dict[str, Any]] = None, mo
         if mode == "train" and resume_wanted(args):
             check_resume_args(run_dir, args, resume_allowed)
         seed_everything(args.seed, getattr(args, "deterministic", False))
-        device = select_device(getattr(args, "device", "auto"))
+        device = ctx.device if ctx.distributed else select_device(getattr(args, "device", "auto"))
     except BaseException:
         lock.release()
         raise
     info = {"args": vars(args), "argv": sys.argv, "method": method, "mode": mode, "git": git_sha(),
-            "env": collect_env(), "device": str(device), **(extra_info or {})}
+            "env": collect_env(), "device": str(device), "world_size": ctx.world_size, **(extra_info or {})}
     args_file = os.path.join(run_dir, args_file_name(mode))
     atomic_write_json(args_file, info)
     logger.info("run folder: %s (%s)", run_dir, mode)
@@ -350,5 +403,8 @@ def setup_run(args, method: str, extra_info: Optional[Dict[str, Any]] = None, mo
         logger.info("removed an interrupted write: %s", path)
     logger.info("git %s%s | torch %s | device %s", info["git"].get("sha"),
                 " (dirty)" if info["git"].get("dirty") else "", info["env"]["torch"], device)
+    if ctx.distributed:
+        logger.info("torchrun: %d processes (%s); rank 0 writes the folder", ctx.world_size, ctx.backend)
     logger.info("%s (all args: %s)", summary_line(args), args_file)
-    return Run(run_dir, args, device, logger, MetricWriter(run_dir, getattr(args, "tensorboard", True)), lock, mode)
+    return Run(run_dir, args, device, logger, MetricWriter(run_dir, getattr(args, "tensorboard", True)), lock, mode,
+               ctx)
