@@ -184,6 +184,8 @@ def train(args, run: Run) -> Dict:
                 run.log_metrics(epoch + 1, f"test/{label.split(' / ')[-1]}", rank1=res["rank1"], mAP=res["mAP"])
     if not trained:  # resumed after the last epoch, or max_epoch 0
         trained = dict(evaluate_all(args, run, enc, f"trained {args.arch}", datasets))
+    for label, res in trained.items():  # the final figures under the bare test-set key (python -m common.results)
+        run.write_results(label.split(" / ")[-1], res)
     rows += list(trained.items())
     run.log("\n" + results_table(rows, title=f"{args.dataset} -> {','.join(args.testset)}  (percent)"))
     return {label: res for label, res in rows}

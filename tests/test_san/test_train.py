@@ -48,7 +48,9 @@ class TestTrain(unittest.TestCase):
             d = run_dir(exp)
             for name in ("args.json", "log.txt", "metrics.jsonl", "results.json", "checkpoint.pth", "tb"):
                 self.assertTrue(os.path.exists(os.path.join(d, name)), name)
-            res = json.load(open(os.path.join(d, "results.json")))["trained resnet18_fc512/synthetic"]
+            stored = json.load(open(os.path.join(d, "results.json")))
+            res = stored["trained resnet18_fc512/synthetic"]
+            self.assertEqual(stored["synthetic"], res, "the final figures under the bare key (common.results)")
             ck = load_checkpoint(os.path.join(d, "checkpoint.pth"))
             self.assertEqual(ck["epoch"], 2)
             self.assertIn("decoder", ck)
