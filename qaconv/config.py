@@ -72,6 +72,13 @@ def add_qaconv_args(parser: argparse.ArgumentParser) -> None:
                    default=None, help="keep the backbone's BatchNorm statistics fixed while training (2.x: on, as the "
                                       "original's per-iteration model.eval(); 1.x: off). Fixed statistics only make "
                                       "sense for ImageNet weights: use --no-freeze-bn with --no-pretrained")
+    g.add_argument("--sync-bn", "--sync_bn", dest="sync_bn", action=argparse.BooleanOptionalAction, default=False,
+                   help="under torchrun: backbone BatchNorm statistics over the global batch (1.x, whose BN trains; "
+                        "2.x keeps BN frozen). One process: no effect")
+    g.add_argument("--train-aug", "--train_aug", dest="train_aug", default="auto",
+                   choices=["auto", "none", "flip_occlusion", "full"],
+                   help="training augmentation: auto = the release's regimes (see qaconv/transforms.py); another "
+                        "value uses that regime throughout (none: resize only)")
     g.add_argument("--no-amp", dest="amp", action="store_false", help="disable mixed precision on CUDA")
     g.add_argument("--acc_thr", "--acc-thr", dest="acc_thr", type=float, default=0.6,
                    help="1.1/1.2: switch augmentation on after an epoch with training accuracy above this")

@@ -24,6 +24,8 @@ from common.data.loaders import EpochDataLoader, EpochWorkerSeeder, build_train_
 from common.data.samplers import mix_seed
 from common.datasets import build_dataset
 from common.datasets.base import records_arrays
+from common.distributed import (barrier, destroy_distributed, gather_rng_states, get_world_size, rank_seed, unwrap,
+                                wrap_ddp)
 from common.eval.distance import compute_distmat
 from common.eval.histogram import histogram_features_of_records
 from common.eval.rank import IS_CYTHON_AVAILABLE, evaluate_rank
@@ -34,8 +36,10 @@ from common.preflight import check_images, check_pretrained, check_resume_file, 
 from common.run import Run, run_dir_for, setup_run
 from qaconv import transforms as QT
 from qaconv.config import CLASS_MEMORY_VERSIONS
-from qaconv.evaluate import evaluate_model, extract_feature_maps, pairwise_scores, score_to_distance
-from qaconv.graph_sampler import GraphSampler
+from qaconv.ddp import broadcast_state, check_batch_split, restore_resume_state, sharded_loader
+from qaconv.evaluate import (evaluate_model, extract_feature_maps, pairwise_scores, score_to_distance,
+                             sharded_feature_maps, sharded_pairwise_scores)
+from qaconv.graph_sampler import GraphSampler, random_pk_length
 from qaconv.loss import ClassMemoryLoss, PairwiseMatchingLoss, TripletLoss
 from qaconv.model import (QAConv, ResMap, load_original_checkpoint, matcher_state_from_criterion,
                           optimizer_param_groups)
@@ -113,20 +117,27 @@ def matching_dtype(device: torch.device, amp: bool, name: str = "auto") -> Optio
 
 def class_distance_fn(args, model: ResMap, matcher: QAConv, records, device: torch.device):
     """``fn(indices) -> (n, n)`` class distance for the graph sampler: test-transform maps of those images,
-    QAConv scores with both modules in eval mode (fp16 on CUDA with AMP), distance as at test time."""
+    QAConv scores with both modules in eval mode (fp16 on CUDA with AMP), distance as at test time. Under
+    torchrun the images and the gallery blocks are shared out and gathered: the same matrix on every rank."""
     def distance(indices: List[int]) -> np.ndarray:
         chosen = [records[i] for i in indices]
-        maps = extract_feature_maps(model, chosen, args.height, args.width, device, args.test_fea_batch,
+        maps = sharded_feature_maps(model, chosen, args.height, args.width, device, args.test_fea_batch,
                                     args.workers, amp=args.amp, progress=False, desc="graph")
-        score = pairwise_scores(matcher, maps.feats, maps.feats, args.test_prob_batch, args.test_gal_batch,
-                                device=device, dtype=matching_dtype(device, args.amp))
+        score = sharded_pairwise_scores(matcher, maps.feats, maps.feats, args.test_prob_batch, args.test_gal_batch,
+                                        device=device, dtype=matching_dtype(device, args.amp))
         return score_to_distance(score, "neg" if args.version == "2.1" else "sigmoid").numpy()
     return distance
 
 
 def build_loader(args, records, regime: str, sampler=None) -> EpochDataLoader:
-    """Training loader: a seeded shuffle with ``drop_last`` (1.x) or the graph sampler (2.x)."""
+    """Training loader: a seeded shuffle with ``drop_last`` (1.x) or the graph sampler (2.x); ``--train-aug``
+    other than ``auto`` replaces the release's ``regime``. Under torchrun: this rank's share of every global batch
+    (:func:`qaconv.ddp.sharded_loader`)."""
+    regime = regime if getattr(args, "train_aug", "auto") == "auto" else args.train_aug
     transform = QT.build_train_transform(args.height, args.width, regime, args.min_size, args.max_size)
+    if get_world_size() > 1:
+        return sharded_loader(records, transform, args.batch_size, args.workers, args.seed, sampler,
+                              args.num_instance if sampler is not None else 1)
     if sampler is None:
         return build_train_loader(records, args.height, args.width, args.batch_size, num_instances=0,
                                   workers=args.workers, seed=args.seed, transform=transform)
@@ -137,8 +148,9 @@ def build_loader(args, records, regime: str, sampler=None) -> EpochDataLoader:
 
 
 def seed_epoch(seed: int, epoch: int) -> None:
-    """Seed random / NumPy / torch from (seed, epoch) so a resumed run replays the epoch's augmentation."""
-    s = mix_seed(seed, epoch, 7)
+    """Seed random / NumPy / torch from (seed, epoch) so a resumed run replays the epoch's augmentation (under
+    torchrun from the rank's seed, :func:`common.distributed.rank_seed`; rank 0 keeps ``seed``)."""
+    s = mix_seed(rank_seed(seed), epoch, 7)
     random.seed(s)
     np.random.seed(s % (2 ** 32))
     torch.manual_seed(s)
@@ -208,7 +220,7 @@ def evaluate_sets(args, run: Run, model: ResMap, matcher: QAConv, label: str, da
             alpha=args.alpha, use_cython=not args.no_cython, use_metric_cuhk03=ds.protocol == "cuhk03")
         out[key] = res
         run.write_results(f"{label}/{key}", res)
-        if args.save_score:
+        if args.save_score and run.is_main:
             save_scores(run, key, ds, dists)
     return out
 
@@ -305,9 +317,13 @@ def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
     train_set = datasets.pop(args.dataset) if args.dataset in datasets else load_dataset(args, args.dataset)
     if not args.combine_all:
         datasets[args.dataset] = train_set
-    model = build_model(args).to(device)
+    # torchrun: DDP over backbone + neck (rank 0's weights; --sync-bn), the criterion copied from rank 0 and fed
+    # the gathered global batch (qaconv/ddp.py); alone `net` is `model` and --sync-bn does nothing
+    net = wrap_ddp(build_model(args).to(device), device, sync_bn=args.sync_bn, find_unused_parameters=True)
+    model = unwrap(net)
     matcher = build_matcher(args, model).to(device)
     criterion = build_criterion(args, matcher, train_set.num_train_pids).to(device)
+    broadcast_state(criterion)
     optimizer = build_optimizer(args, model, criterion)
     schedule = build_schedule(args)
     sampler = None
@@ -321,6 +337,7 @@ def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
     ckpt = resume_path(args, run)
     if ckpt:
         model_state, crit_state, rest = read_checkpoint(ckpt, device)
+        restore_resume_state(rest, ckpt)  # same world size, else a clear error; each rank's RNG state
         model.load_state_dict(model_state)
         criterion.load_state_dict(crit_state)
         optimizer.load_state_dict(rest["optim"])
@@ -342,7 +359,7 @@ def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
         if args.compare_histogram:
             for key, res in evaluate_sets(args, run, model, matcher, "untrained", datasets).items():
                 rows.append((f"untrained {args.arch} / {key}", res))
-            for key in args.testset:
+            for key in (args.testset if run.is_main else []):
                 res = histogram_reference(datasets[key], not args.no_cython)
                 run.write_results(f"histogram/{key}", res)
                 rows.append((f"colour histogram / {key}", res))
@@ -350,12 +367,19 @@ def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
             seed_epoch(args.seed, -1)
             base_state = copy.deepcopy(model.base.state_dict())
             loader = build_loader(args, train_set.train, QT.regime_for(args.version, False))
-            best = pretrain_trials(model, criterion, optimizer, loader, device,
-                                   lambda: reset_for_trial(model, criterion, base_state), args.num_trials,
+            best = pretrain_trials(net, criterion, optimizer, loader, device,
+                                   lambda: (reset_for_trial(model, criterion, base_state),
+                                            broadcast_state(model, criterion)), args.num_trials,
                                    args.pre_epochs, args.max_steps, log=run.log, progress=args.progress,
                                    **epoch_kwargs)
             run.write_results("pretrain", best)
 
+    if sampler is not None:  # torchrun: whole classes per rank, also in the last batch of a 2.0 pre-epoch
+        tail = random_pk_length(sampler.index_dic, args.num_instance, args.batch_size) % args.batch_size \
+            if args.gs_pre_epochs else 0
+        check_batch_split(args.batch_size, args.num_instance, tail)
+    else:
+        check_batch_split(args.batch_size, 1)
     loader = build_loader(args, train_set.train, QT.regime_for(args.version, aug_switched), sampler)
     run.log(f"augmentation: {QT.describe(loader.dataset.transform)}")
     stats, epoch, guard = {}, start_epoch, DivergenceGuard(args.nonfinite_patience)
@@ -363,7 +387,7 @@ def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
     for epoch in range(start_epoch, args.epochs):
         seed_epoch(args.seed, epoch)
         loader.set_epoch(epoch)
-        stats = train_one_epoch(model, criterion, optimizer, loader, device, epoch, max_batches=args.max_batches,
+        stats = train_one_epoch(net, criterion, optimizer, loader, device, epoch, max_batches=args.max_batches,
                                 progress=args.progress, print_freq=args.print_freq, log=run.log,
                                 on_step=lambda step, s: run.log_metrics(step, prefix="iter", **s), guard=guard,
                                 step_offset=global_step, num_epochs=args.epochs, **epoch_kwargs)
@@ -375,7 +399,7 @@ def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
                 f"[{', '.join(f'{x:g}' for x in lrs)}] {stats['images_per_s']:.1f} img/s"
                 + (f" ({stats['skipped']} batches without a finite loss)" if stats["skipped"] else ""))
         run.log_metrics(epoch + 1, prefix="train", **stats)
-        if sampler is not None and args.gs_save and sampler.dist is not None:
+        if sampler is not None and args.gs_save and sampler.dist is not None and run.is_main:
             sampler.save_graph(os.path.join(run.dir, f"gs{epoch + 1}.npz"))
         if is_class_memory(args) and not aug_switched and epoch < args.epochs - 1 and stats["acc"] > args.acc_thr:
             aug_switched = True
@@ -391,6 +415,7 @@ def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
                          lr_stepped=schedule.lr_stepped)
         if sampler is not None:
             state["sampler"] = sampler.state_dict()
+        state["rng_states"] = gather_rng_states()  # collective: every rank, before rank 0 writes
         save_checkpoint(run.checkpoint_path, state, args=vars(args))
         if stop:
             converged = isinstance(schedule, AdaptiveSchedule) and schedule.lr_stepped
@@ -406,7 +431,7 @@ def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
     rows += result_rows(f"trained {args.arch}", results)
     run.log("\n" + results_table(rows, title=f"{args.dataset} -> {','.join(args.testset)}  (percent; shared "
                                                f"evaluator; open-reid figures in results.json)"))
-    if args.visualize_pairs:
+    if args.visualize_pairs and run.is_main:
         visualize_matches(args, run, model, matcher, datasets)
     return results
 
@@ -430,7 +455,7 @@ def evaluate_only(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, 
     datasets = dict(datasets or {})
     results = evaluate_sets(args, run, model, matcher, f"evaluate_epoch{rest.get('epoch')}", datasets)
     run.log("\n" + results_table(result_rows(f"{args.dataset}", results), title="evaluation (percent)"))
-    if args.visualize_pairs:
+    if args.visualize_pairs and run.is_main:
         visualize_matches(args, run, model, matcher, datasets)
     return results
 
@@ -439,6 +464,9 @@ def run_main(args) -> Dict[str, Dict]:
     datasets = preflight(args)
     run = setup(args)
     try:
-        return evaluate_only(args, run, datasets) if args.evaluate else train(args, run, datasets)
+        results = evaluate_only(args, run, datasets) if args.evaluate else train(args, run, datasets)
+        barrier()  # torchrun: the others wait for rank 0's pictures and files
+        return results
     finally:
         run.close()
+        destroy_distributed()

@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from common.data.loaders import build_test_loader
 from common.datasets.base import Record, records_arrays
+from common.distributed import broadcast_object, gather_features, gather_rows, is_distributed, is_main, shard_range
 from common.eval.cmc import CMC_CONFIGS, evaluate_all
 from common.eval.features import Features, extract_features, inference_context
 from common.eval.rank import evaluate_rank
@@ -60,6 +61,37 @@ def extract_feature_maps(model: nn.Module, records: Sequence[Record], height: in
                                transform=build_test_transform(height, width))
     return extract_features(model, loader, device, flip=False, amp=amp, normalize=False, progress=progress,
                             desc=desc)
+
+
+def sharded_feature_maps(model: nn.Module, records: Sequence[Record], height: int, width: int, device,
+                         batch_size: int = 256, workers: int = 4, amp: bool = False, progress: bool = True,
+                         desc: str = "extract") -> Features:
+    """:func:`extract_feature_maps` of all ``records`` with each rank extracting its :func:`shard_range` (whole
+    batches of ``batch_size``, so bit-identical to one process), gathered in record order on every rank.
+    Alone: :func:`extract_feature_maps` itself. Every rank must call it."""
+    if not is_distributed():
+        return extract_feature_maps(model, records, height, width, device, batch_size, workers, amp, progress, desc)
+    part = shard_range(len(records), align=batch_size)
+    mine = list(records[part.start:part.stop]) or list(records[:1])  # an empty shard still shows the map shape
+    local = extract_feature_maps(model, mine, height, width, device, batch_size, workers, amp, progress, desc)
+    if not len(part):
+        local = Features(local.feats[:0], local.pids[:0], local.camids[:0], local.indices[:0])
+    return gather_features(local)
+
+
+def sharded_pairwise_scores(matcher: nn.Module, prob: torch.Tensor, gal: torch.Tensor, prob_batch: int = 128,
+                            gal_batch: int = 128, device="cpu", dtype: Optional[torch.dtype] = None,
+                            progress: bool = False) -> torch.Tensor:
+    """:func:`pairwise_scores` of all probes against the gallery, each rank scoring its :func:`shard_range` of
+    gallery maps (whole chunks of ``gal_batch``, the single-process chunks, hence bit-identical); the (P, G_r)
+    blocks are gathered in gallery order into the (P, G) float32 CPU matrix on every rank. Alone:
+    :func:`pairwise_scores` itself. Every rank must call it."""
+    if not is_distributed():
+        return pairwise_scores(matcher, prob, gal, prob_batch, gal_batch, device, dtype, progress)
+    part = shard_range(gal.shape[0], align=gal_batch)
+    block = pairwise_scores(matcher, prob, gal[part.start:part.stop], prob_batch, gal_batch, device, dtype,
+                            progress)
+    return gather_rows(block, dim=1)
 
 
 def _resolve_dtype(dtype: Optional[torch.dtype], device: torch.device) -> torch.dtype:
@@ -247,6 +279,9 @@ def evaluate_qaconv(matcher: nn.Module, query: Union[Features, torch.Tensor], ga
     """Evaluate QAConv matching of query against gallery maps, optionally with re-ranking and TLift.
 
     Plain: dist = score_to_distance(pairwise_scores(query, gallery), distance) -> :func:`rank_metrics`.
+    Under torchrun every rank calls this: the (Q, G) scores are computed by gallery blocks across the ranks
+    (:func:`sharded_pairwise_scores`); rank 0 alone computes the figures, re-ranking and TLift and broadcasts the
+    figures (the other ranks return them with ``dists = {'dist': the plain distances}``).
     Re-ranking (``do_rerank``, or ``do_tlift`` with time stamps): qq and gg distances with QAConv too, the
     (q+g)^2 matrix [[qq, qg], [qg^T, gg]] (for ``version`` 1.0 / 1.1 with qq and gg transposed, see
     :func:`self_block_transposed`), :func:`qaconv.rerank.k_reciprocal_rerank` (k1, k2, lambda) -> keys with suffix
@@ -284,9 +319,12 @@ def evaluate_qaconv(matcher: nn.Module, query: Union[Features, torch.Tensor], ga
     chunk = dict(prob_batch=prob_batch, gal_batch=gal_batch, device=device, dtype=dtype, progress=progress)
     metric_kw = dict(use_cython=use_cython, use_metric_cuhk03=use_metric_cuhk03)
 
-    dist = score_to_distance(pairwise_scores(matcher, q_maps, g_maps, **chunk), distance).numpy()
-    results = rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, **metric_kw)
+    dist = score_to_distance(sharded_pairwise_scores(matcher, q_maps, g_maps, **chunk), distance).numpy()
     dists = {"dist": dist}
+    if not is_main():  # torchrun: rank 0 scores, re-ranks and lifts; the others receive its figures
+        results = broadcast_object(None)
+        return (results, dists) if return_dists else results
+    results = rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, **metric_kw)
 
     has_times = query_times is not None and gallery_times is not None
     if do_tlift and not has_times:
@@ -323,13 +361,16 @@ def evaluate_qaconv(matcher: nn.Module, query: Union[Features, torch.Tensor], ga
             dist_tlift = (1 - score_tlift).astype(np.float32)
             results.update(rank_metrics(dist_tlift, q_pids, g_pids, q_cams, g_cams, "_tlift", **metric_kw))
             dists["dist_tlift"] = dist_tlift
+    if is_distributed():
+        broadcast_object(results)
     return (results, dists) if return_dists else results
 
 
 def evaluate_model(model: nn.Module, matcher: nn.Module, dataset, height: int, width: int, device,
                    fea_batch: int = 256, workers: int = 4, amp: bool = False, progress: bool = True,
                    **kwargs) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
-    """Extract the query and gallery maps of ``dataset`` and run :func:`evaluate_qaconv` on them.
+    """Extract the query and gallery maps of ``dataset`` and run :func:`evaluate_qaconv` on them (under torchrun:
+    sharded extraction, :func:`sharded_feature_maps`; every rank calls it).
 
     Time stamps come from :func:`record_times` (TLift is skipped for datasets without them).
 
@@ -341,9 +382,9 @@ def evaluate_model(model: nn.Module, matcher: nn.Module, dataset, height: int, w
     Returns:
         (metrics dict of floats, distances dict).
     """
-    qf = extract_feature_maps(model, dataset.query, height, width, device, fea_batch, workers, amp, progress,
+    qf = sharded_feature_maps(model, dataset.query, height, width, device, fea_batch, workers, amp, progress,
                               desc=f"{dataset.name} query")
-    gf = extract_feature_maps(model, dataset.gallery, height, width, device, fea_batch, workers, amp, progress,
+    gf = sharded_feature_maps(model, dataset.gallery, height, width, device, fea_batch, workers, amp, progress,
                               desc=f"{dataset.name} gallery")
     kwargs["return_dists"] = True
     kwargs.setdefault("device", device)

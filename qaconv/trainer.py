@@ -7,6 +7,10 @@ Semantics follow ShengcaiLiao/QAConv (see ``qaconv/README.md`` for where we devi
   parameters still learn) while the loss and its matcher train; 1.x: plain ``model.train()``.
 * Per-sample losses that are not finite are dropped; a batch with none finite is skipped.
 * Gradients of the model and of the criterion are clipped separately to ``clip_value`` (after unscaling under AMP).
+* Under torchrun the loss sees the global batch: every rank's feature maps and labels are gathered in rank order
+  (:func:`common.distributed.gather_with_grad`, a no-op alone), so the loss, the matcher's gradient and the
+  class-memory update are the single-process ones on every rank, and DDP's average of the backbone gradients is
+  the single-process gradient (the gather's backward sums the W identical copies, DDP divides by W).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from typing import Callable, Dict, Optional
 import torch
 from torch.nn.utils import clip_grad_norm_
 
+from common.distributed import gather_with_grad, get_world_size
 from common.guard import DivergenceGuard
 from common.meters import MeterDict
 from common.progress import bar as progress_bar, interactive
@@ -65,6 +70,7 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, optimize
     guard = guard if guard is not None else DivergenceGuard(10 ** 9)
     step0 = epoch * total if step_offset is None else step_offset
     start, seen, skipped, trained = time.time(), 0, 0, 0
+    world = get_world_size()
     for i, batch in enumerate(loader):
         if max_batches and i >= max_batches:
             break
@@ -73,7 +79,9 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, optimize
         imgs, pids = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-            loss_vec, acc_vec = criterion(model(imgs), pids)
+            maps = gather_with_grad(model(imgs))  # (W * B_r, C, h, w): the global batch (alone: as it is)
+            pids = gather_with_grad(pids)
+            loss_vec, acc_vec = criterion(maps, pids)
         bar.update(1)
         finite = torch.isfinite(loss_vec)
         if not guard.ok(0.0 if bool(finite.any()) else float("nan"), where=f"{name}, iteration {i + 1}"):
@@ -88,8 +96,8 @@ def train_one_epoch(model: torch.nn.Module, criterion: torch.nn.Module, optimize
         scaler.step(optimizer)
         scaler.update()
         trained += 1
-        seen += imgs.size(0)
-        meters.update(n=imgs.size(0), loss=loss.item(), acc=acc.item())
+        seen += imgs.size(0) * world
+        meters.update(n=pids.size(0), loss=loss.item(), acc=acc.item())
         bar.set_postfix(loss=f"{meters.meters['loss'].avg:.3f}", acc=f"{meters.meters['acc'].avg:.3f}")
         if on_step is not None:
             on_step(step0 + i, {"loss": loss.item(), "acc": acc.item()})
