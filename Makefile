@@ -48,6 +48,7 @@ bench: eval_cylib
 	$(PYTHON) benchmarks/bench_bot_train.py
 	$(PYTHON) benchmarks/bench_qaconv_matcher.py
 	$(PYTHON) benchmarks/bench_rerank.py
+	$(PYTHON) benchmarks/bench_rerank.py --input distances
 	$(PYTHON) benchmarks/bench_cluster.py --size market --prune
 	$(PYTHON) benchmarks/bench_san.py
 	$(PYTHON) benchmarks/bench_mudeep.py
