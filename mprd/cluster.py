@@ -75,6 +75,28 @@ def cluster_quality(idx2labels: np.ndarray, num_cluster: int, hidden_ids: np.nda
     return out
 
 
+def core_distances(dist: sp.csr_matrix, min_samples: int = 4) -> np.ndarray:
+    """(N,) DBSCAN core distance of each image: its ``min_samples``-th smallest distance, itself included (the
+    smallest eps that makes it a core point); ``inf`` where fewer pairs are stored (they lie beyond the stored
+    range, e.g. beyond ``max_dist``). The eps of a dataset can be read off this distribution (a k-distance plot).
+    """
+    dist = dist.tocsr()
+    out = np.full(dist.shape[0], np.inf)
+    for i in range(dist.shape[0]):
+        row = dist.data[dist.indptr[i]:dist.indptr[i + 1]]
+        others = np.sort(row[dist.indices[dist.indptr[i]:dist.indptr[i + 1]] != i])
+        if len(others) >= min_samples - 1:
+            out[i] = 0.0 if min_samples <= 1 else others[min_samples - 2]
+    return out
+
+
+def distance_summary(core: np.ndarray, qs=(10, 25, 50, 75, 90)) -> Dict[str, float]:
+    """Percentiles (nearest rank below: ``sorted[floor(q / 100 * (N - 1))]``, so ``inf`` entries give ``inf``, not
+    NaN) of the core distances -> ``{'core_p10': ..., ...}``."""
+    srt = np.sort(np.asarray(core, dtype=np.float64))
+    return {f"core_p{q}": float(srt[int(np.floor(q / 100 * (len(srt) - 1)))]) for q in qs}
+
+
 def pseudo_labels(features: torch.Tensor, eps: float, k1: int = 30, k2: int = 6, min_samples: int = 4,
                   device=None) -> Tuple[np.ndarray, int, torch.Tensor]:
     """One clustering step.
@@ -84,5 +106,13 @@ def pseudo_labels(features: torch.Tensor, eps: float, k1: int = 30, k2: int = 6,
     Returns:
         ``(idx2labels (N,), num_cluster K, centres (K, D))``.
     """
-    idx2labels, k = idx_to_labels(dbscan(jaccard(features, k1, k2, device, max_dist=eps), eps, min_samples))
-    return idx2labels, k, cluster_centers(features, idx2labels, k)
+    idx2labels, k, centres, _ = pseudo_labels_with_core(features, eps, k1, k2, min_samples, device)
+    return idx2labels, k, centres
+
+
+def pseudo_labels_with_core(features: torch.Tensor, eps: float, k1: int = 30, k2: int = 6, min_samples: int = 4,
+                            device=None) -> Tuple[np.ndarray, int, torch.Tensor, np.ndarray]:
+    """:func:`pseudo_labels` plus the (N,) core distances (``inf`` beyond eps, where no pair is stored)."""
+    dist = jaccard(features, k1, k2, device, max_dist=eps)
+    idx2labels, k = idx_to_labels(dbscan(dist, eps, min_samples))
+    return idx2labels, k, cluster_centers(features, idx2labels, k), core_distances(dist, min_samples)

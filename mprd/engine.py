@@ -24,7 +24,7 @@ from common.env import seed_everything
 from common.errors import ReidError
 from common.eval.report import results_table
 from common.run import Run
-from mprd.cluster import cluster_quality, pseudo_labels
+from mprd.cluster import cluster_quality, distance_summary, pseudo_labels_with_core
 from mprd.evaluate import evaluate_histogram, evaluate_model, extract
 from mprd.memory import ClusterMemory
 from mprd.model import MPRDNet
@@ -91,11 +91,18 @@ def partner_loader(train: List[Record], args):
     return lambda idx: torch.stack([ds[int(i)][0] for i in idx])
 
 
-def log_clustering(run: Run, epoch: int, idx2labels, num_cluster, hidden) -> Dict:
+def log_clustering(run: Run, epoch: int, idx2labels, num_cluster, hidden, core=None) -> Dict:
+    """Logs clusters / outliers / NMI / ARI (and, given the (N,) core distances, their percentiles) to log.txt,
+    metrics.jsonl and TensorBoard (``cluster/*``)."""
     q = cluster_quality(idx2labels, num_cluster, hidden)
     run.log(f"epoch {epoch}: {q['clusters']} clusters, {q['outliers']} outliers; pseudo-labels vs hidden ids: "
             f"NMI {q['nmi']:.3f} ARI {q['ari']:.3f} (clustered only: NMI {q.get('nmi_clustered', 0):.3f} "
             f"ARI {q.get('ari_clustered', 0):.3f})")
+    if core is not None:
+        summ = distance_summary(core)
+        run.log(f"epoch {epoch}: Jaccard core distances (inf: beyond eps) " +
+                " ".join(f"{k[5:]}% {v:.3f}" for k, v in summ.items()))
+        q.update({k: v for k, v in summ.items() if np.isfinite(v)})
     run.log_metrics(epoch, prefix="cluster", **q)
     return q
 
@@ -140,8 +147,9 @@ def train(args, run: Run, dataset=None) -> Dict:
     for epoch in range(start, args.epochs):
         seed_everything(mix_seed(args.seed, epoch) % (2 ** 31))
         feats = extract(model, train_recs, args, run.device, "train features")
-        idx2labels, num_cluster, centres = pseudo_labels(feats, args.eps, args.k1, args.k2, args.min_samples)
-        quality = log_clustering(run, epoch, idx2labels, num_cluster, hidden)
+        idx2labels, num_cluster, centres, core = pseudo_labels_with_core(feats, args.eps, args.k1, args.k2,
+                                                                         args.min_samples)
+        quality = log_clustering(run, epoch, idx2labels, num_cluster, hidden, core)
         if num_cluster == 0:
             raise ReidError(f"epoch {epoch}: DBSCAN (eps {args.eps}) found no cluster among {n_train} images",
                             fix="raise --eps, or start from better features (--pretrained / --init-weights)")

@@ -28,7 +28,8 @@ from common.errors import ReidError, run_main  # noqa: E402
 from common.eval.rank import IS_CYTHON_AVAILABLE  # noqa: E402
 from common.run import setup_run  # noqa: E402
 
-ARCH_CHOICES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet_ibn50a", "resnet_ibn101a"]
+ARCH_CHOICES = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet_ibn50a", "resnet_ibn101a",
+                "cnn3"]   # cnn3: a 3-block CNN for CPU verification runs only (not in the paper)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -86,6 +87,8 @@ def resolve(args) -> argparse.Namespace:
         raise ReidError(str(e), fix="pass -d market1501, dukemtmcreid, msmt17 (or MSMT17) or synthetic") from e
     if args.arch not in ARCH_CHOICES:
         raise ReidError(f"-a {args.arch} is not a backbone of mprd", fix=f"choose one of {', '.join(ARCH_CHOICES)}")
+    if args.arch == "cnn3" and args.pretrained and not args.init_weights:
+        raise ReidError("-a cnn3 has no ImageNet weights", fix="pass --no-pretrained or --init-weights FILE")
     if args.features or args.dropout:
         raise ReidError("--features > 0 / --dropout > 0 are not built (the original's runs use 0)",
                         fix="leave --features 0 --dropout 0")

@@ -19,6 +19,14 @@ ARCHS = {"resnet18": (BasicBlock, [2, 2, 2, 2], False), "resnet34": (BasicBlock,
          "resnet152": (Bottleneck, [3, 8, 36, 3], False),
          "resnet_ibn50a": (Bottleneck, [3, 4, 6, 3], True), "resnet_ibn101a": (Bottleneck, [3, 4, 23, 3], True)}
 WEIGHT_NAMES = {"resnet_ibn50a": "resnet50_ibn_a", "resnet_ibn101a": "resnet101_ibn_a"}
+SMALL = ("cnn3",)   # CPU verification only (not in the paper): three conv blocks, 128-d, no ImageNet weights
+
+
+def _make_cnn3() -> nn.Sequential:
+    """(B, 3, H, W) -> (B, 128, H/4, W/4): [conv 3x3 - BN - ReLU] x 3 with 2x2 max pooling after the first two."""
+    def block(a: int, b: int):
+        return [nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True)]
+    return nn.Sequential(*block(3, 32), nn.MaxPool2d(2), *block(32, 64), nn.MaxPool2d(2), *block(64, 128))
 
 
 class IBN(nn.Module):
@@ -57,8 +65,15 @@ class MPRDNet(nn.Module):
     def __init__(self, arch: str = "resnet50", pretrained: bool = True, pretrained_path: str = "",
                  pooling: str = "avg"):
         super().__init__()
-        if arch not in ARCHS:
-            raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+        if arch not in ARCHS and arch not in SMALL:
+            raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS) + list(SMALL)}")
+        self.pooling = pooling
+        if arch in SMALL:
+            if pretrained:
+                raise ValueError(f"-a {arch} has no ImageNet weights; pass --no-pretrained or --init-weights")
+            self.base, self.feat_dim = _make_cnn3(), 128
+            self._neck()
+            return
         net = _make_resnet(arch)
         if pretrained:
             name = WEIGHT_NAMES.get(arch, arch)
@@ -69,8 +84,10 @@ class MPRDNet(nn.Module):
         first.downsample[0].stride = (1, 1)
         self.base = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3,
                                   net.layer4)
-        self.pooling = pooling
         self.feat_dim = net.fc.in_features
+        self._neck()
+
+    def _neck(self) -> None:
         self.feat_bn = nn.BatchNorm1d(self.feat_dim)
         self.feat_bn.bias.requires_grad_(False)
         nn.init.constant_(self.feat_bn.weight, 1)
