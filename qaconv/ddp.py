@@ -60,7 +60,8 @@ class ShardedEpochLoader(EpochDataLoader):
 
 
 def sharded_loader(records, transform, batch_size: int, workers: int, seed: int, sampler=None,
-                   group_size: int = 1) -> ShardedEpochLoader:
+                   group_size: int = 1, rank: Optional[int] = None,
+                   world_size: Optional[int] = None) -> ShardedEpochLoader:
     """This rank's share of the single-process training loader of ``qaconv.engine.build_loader``.
 
     Args:
@@ -71,6 +72,7 @@ def sharded_loader(records, transform, batch_size: int, workers: int, seed: int,
         seed: ``--seed``: the global order uses it unchanged (the same on every rank).
         sampler: the graph sampler (2.x); None: the seeded shuffle with ``drop_last`` of 1.x.
         group_size: K images per identity of the sampler's batches (2.x), 1 for the shuffle.
+        rank, world_size: default: this process's.
     Returns:
         a loader yielding (images (B / W, 3, H, W), pids, camids, indices).
     """
@@ -81,7 +83,8 @@ def sharded_loader(records, transform, batch_size: int, workers: int, seed: int,
     else:
         batches = BatchSampler(sampler, batch_size, drop_last=False)
     pids = [r.pid for r in records] if group_size > 1 else None
-    return ShardedEpochLoader(dataset, batch_sampler=DistributedBatchSampler(batches, group_size, pids),
+    split = DistributedBatchSampler(batches, group_size, pids, rank=rank, world_size=world_size)
+    return ShardedEpochLoader(dataset, batch_sampler=split,
                               num_workers=workers, pin_memory=torch.cuda.is_available(), generator=generator,
                               worker_init_fn=EpochWorkerSeeder(rank_seed(seed)) if workers > 0 else None,
                               seed=seed)

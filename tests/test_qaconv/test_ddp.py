@@ -7,6 +7,8 @@
 * a 2-process run killed after its first checkpoint resumes (2 processes) to the weights of the uninterrupted run;
 * resuming a 2-process checkpoint with one process stops with exit status 2 and names both world sizes;
 * rank 1 writes nothing: the run folder holds the same files as a 1-process run's, log lines are not doubled;
+* in one process: rank 0's and rank 1's shares of the training loader (1.x shuffle, 2.x graph sampler) concatenate
+  to the single-process batches, with whole identities per share;
 * test-time matching by gallery blocks and sharded feature maps: the gathered (Q x G) score matrix and the maps
   are identical (torch.equal) to one process, uneven shards included; rank 1 receives rank 0's figures.
 
@@ -195,6 +197,71 @@ class TestDDPTraining(Case):
         self.assertEqual((a["epoch"], b["epoch"]), (2, 2))
         self.assertStatesClose(a, b, atol=1e-6)
         self.assertEqual(a["sampler"]["pointers"].tolist(), b["sampler"]["pointers"].tolist())
+
+
+# ----------------------------------------------------------------------------------------------- batch shares
+class TestShares(unittest.TestCase):
+    """In one process: the ranks' shares of qaconv.ddp.sharded_loader, concatenated in rank order, are the
+    batches of the single-process loader of qaconv.engine.build_loader, epoch after epoch (same seed)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls._tmp = tempfile.TemporaryDirectory(prefix="qaconv-ddp-shares-")
+        cls.train = build_dataset("synthetic", cls._tmp.name, num_ids=IDS, verbose=False).train
+
+    @classmethod
+    def tearDownClass(cls):
+        cls._tmp.cleanup()
+
+    def args(self, *extra):
+        from qaconv.config import build_parser, parse_args
+        return parse_args(build_parser("t", "", ("2.0", "2.1")) if "--num_instance" in extra else
+                          build_parser("t", "", ("1.0", "1.1", "1.2")),
+                          ["--dataset", "synthetic", "--seed", "5", "-j", "0", "-b", "8", *extra])
+
+    @staticmethod
+    def batches(loader, epoch):
+        loader.set_epoch(epoch)
+        return [b[3].tolist() for b in loader]
+
+    def check(self, args, single, make_share, group):
+        from common.data.samplers import extract_pids
+        pids = np.asarray(extract_pids(self.train))
+        shares = [make_share(r) for r in range(2)]
+        for epoch in range(2):
+            ref = self.batches(single, epoch)
+            got = [self.batches(s, epoch) for s in shares]
+            self.assertEqual(len(got[0]), len(ref))
+            for b, (x, y) in enumerate(zip(*got)):
+                self.assertEqual(x + y, ref[b], (epoch, b))
+                self.assertEqual(len(x), len(y))
+                for share in (x, y):  # whole identities: runs of `group` images of one pid
+                    runs = pids[share].reshape(-1, group)
+                    self.assertTrue((runs == runs[:, :1]).all())
+
+    def test_shuffle_shares_make_the_one_process_batches(self):
+        from qaconv import engine
+        from qaconv import transforms as QT
+        from qaconv.ddp import sharded_loader
+        args = self.args()
+        t = QT.build_test_transform(32, 16)
+        self.check(args, engine.build_loader(args, self.train, "none"),
+                   lambda r: sharded_loader(self.train, t, 8, 0, args.seed, rank=r, world_size=2), 1)
+
+    def test_graph_sampler_shares_make_the_one_process_batches(self):
+        from qaconv import engine
+        from qaconv import transforms as QT
+        from qaconv.ddp import sharded_loader
+        from qaconv.graph_sampler import GraphSampler
+        args = self.args("--num_instance", "2")
+        t = QT.build_test_transform(32, 16)
+        rng = np.random.default_rng(0)
+        dist = rng.random((12, 12))  # a fixed class distance stands in for the model's
+
+        def sampler():
+            return GraphSampler(self.train, lambda idx: dist, 8, 2, seed=args.seed)
+        self.check(args, engine.build_loader(args, self.train, "none", sampler()),
+                   lambda r: sharded_loader(self.train, t, 8, 0, args.seed, sampler(), 2, rank=r, world_size=2), 2)
 
 
 # ----------------------------------------------------------------------------------------------- sharded matching
