@@ -102,3 +102,37 @@ class TestHardSamples(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestCoreDistances(unittest.TestCase):
+    def test_by_hand(self):
+        from mprd.cluster import core_distances
+        import scipy.sparse as sp
+        rows = [0, 0, 0, 0, 1, 1, 2, 2, 3, 3]
+        cols = [0, 1, 2, 3, 1, 0, 2, 0, 3, 0]
+        vals = [0, .1, .3, .2, 0, .1, 0, .3, 0, .2]
+        d = sp.csr_matrix((vals, (rows, cols)), shape=(4, 4))
+        # image 0: others 0.1, 0.2, 0.3 -> min_samples 4 (itself + 3) -> 0.3; the rest have one stored neighbour
+        np.testing.assert_allclose(core_distances(d, 4), [0.3, np.inf, np.inf, np.inf])
+        np.testing.assert_allclose(core_distances(d, 2), [0.1, 0.1, 0.3, 0.2])
+
+    def test_matches_dbscan_core_points(self):
+        # reference: sklearn's own core points; eps = core distance makes a point core, just below does not
+        from sklearn.cluster import DBSCAN
+        from mprd.cluster import core_distances, jaccard
+        g = torch.Generator().manual_seed(0)
+        f = torch.nn.functional.normalize(torch.randn(6, 16, generator=g).repeat_interleave(10, 0)
+                                          + 0.4 * torch.randn(60, 16, generator=g), dim=1)
+        d = jaccard(f, 8, 3, "cpu")
+        core = core_distances(d, 4)
+        self.assertTrue(np.isfinite(core).sum() > 30)
+        for i in np.nonzero(np.isfinite(core) & (core > 0))[0][:10]:
+            at = set(DBSCAN(eps=core[i], min_samples=4, metric="precomputed").fit(d).core_sample_indices_)
+            below = set(DBSCAN(eps=core[i] - 1e-6, min_samples=4, metric="precomputed").fit(d).core_sample_indices_)
+            self.assertIn(i, at)
+            self.assertNotIn(i, below)
+
+    def test_summary_keeps_inf(self):
+        from mprd.cluster import distance_summary
+        s = distance_summary(np.array([0.1, 0.2, 0.3, 0.4, np.inf]), qs=(0, 50, 75, 100))
+        self.assertEqual(s, {"core_p0": 0.1, "core_p50": 0.3, "core_p75": 0.4, "core_p100": np.inf})

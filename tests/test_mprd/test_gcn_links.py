@@ -73,6 +73,9 @@ class TestLinkOrientation(unittest.TestCase):
         self.assertGreater(npairs, 100)
         self.assertGreater(cos, 0.9)
         self.assertGreater(auc, 0.95)
+        auc_r, cos_r, _ = link_auc(self.gcn, self.feats, self.pid + 1, None, "smallest", 60, "cpu", negative="random")
+        self.assertGreater(cos_r, cos)           # random impostors are easier than the hardest ones
+        self.assertGreater(auc_r, 0.95)
 
     def test_relation_predict_and_filter_keep_true_links(self):
         with tempfile.TemporaryDirectory() as tmp:
