@@ -250,6 +250,45 @@ class DistributedBatchSampler:
         return len(self.batch_sampler)
 
 
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks of ``x`` (a detached copy, on every rank); ``x`` itself alone.
+
+    E.g. a loss for the divergence guard and the log: every rank then takes the same skip decision (a non-finite
+    value on one rank makes the mean non-finite everywhere), and the mean of equal-share losses is the global loss.
+    """
+    if not is_distributed():
+        return x
+    y = x.detach().clone().contiguous()
+    if dist.get_backend() == "nccl" and y.device.type != "cuda":
+        y = y.to(_comm_device())
+    dist.all_reduce(y)
+    return (y / get_world_size()).to(x.device)
+
+
+def average_scalars(values: dict) -> dict:
+    """``{name: mean over ranks}`` of a dict of floats (every rank passes the same names); the dict itself alone."""
+    if not is_distributed():
+        return values
+    names = sorted(values)
+    t = torch.tensor([float(values[k]) for k in names], dtype=torch.float64)
+    t = all_reduce_mean(t.to(_comm_device())).cpu()
+    return {k: float(v) for k, v in zip(names, t.tolist())}
+
+
+def broadcast_module(module: nn.Module, src: int = 0) -> nn.Module:
+    """Copy ``src``'s parameters and buffers into ``module`` on every rank, in place (no-op alone).
+
+    For state kept outside the DDP model (e.g. BoT's center-loss centers) that must start equal on every rank.
+    """
+    if is_distributed():
+        with torch.no_grad():
+            for t in list(module.parameters()) + list(module.buffers()):
+                buf = t.detach().to(_comm_device()).contiguous()
+                dist.broadcast(buf, src=src)
+                t.copy_(buf.to(t.device))
+    return module
+
+
 # ----------------------------------------------------------------------------------------------- autograd collectives
 class _AllReduceSum(torch.autograd.Function):
     """y = sum over ranks of x (every rank); dx = sum over ranks of dy (each rank's loss sees every x)."""

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from common.distributed import gather_with_grad
+
 
 def euclidean_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Pairwise Euclidean (not squared) distances, clamped at 1e-12 before the square root for stability.
@@ -121,6 +123,9 @@ class CenterLoss(nn.Module):
 class BotCriterion(nn.Module):
     """``CE_ls(logits) + triplet(f_t) [+ center_weight * center(f_t)]``.
 
+    Under torchrun the CE is the mean over this rank's equal share (DDP's average makes it the global mean);
+    triplet and center terms are computed on the global batch (:func:`common.distributed.gather_with_grad`).
+
     Args:
         num_classes: identities; margin: triplet margin (None: soft margin); epsilon: label smoothing;
         center_weight: > 0 adds the center loss (then ``self.center`` holds the centers for their optimizer);
@@ -139,12 +144,15 @@ class BotCriterion(nn.Module):
 
     def forward(self, logits: torch.Tensor, feat: torch.Tensor, targets: torch.Tensor):
         ce = self.xent(logits, targets)
-        tri, dist_ap, dist_an = self.triplet(feat, targets)
+        # under torchrun: the batch-level terms on the global batch (rank order = single-process order); the
+        # gather's backward sums every rank's gradient into the share's owner, so DDP's average is the global one
+        g_feat, g_targets = gather_with_grad(feat), gather_with_grad(targets)
+        tri, dist_ap, dist_an = self.triplet(g_feat, g_targets)
         loss = ce + tri
         parts: Dict[str, float] = {"ce": ce.item(), "triplet": tri.item(),
                                    "tri_acc": (dist_an > dist_ap).float().mean().item()}
-        if self.center is not None:
-            c = self.center(feat, targets)
+        if self.center is not None:  # global batch too: the centers' gradient is then the same on every rank
+            c = self.center(g_feat, g_targets)
             loss = loss + self.center_weight * c
             parts["center"] = c.item()
         return loss, parts

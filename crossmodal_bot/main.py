@@ -8,8 +8,10 @@ Examples::
     python crossmodal_bot/main.py --dataset synthetic -a resnet18 --no-pretrained --height 128 --width 64
     python crossmodal_bot/main.py --dataset synthetic_sysu -a resnet18 --no-pretrained --height 128 --width 64
 
-``--evaluate`` (shared flag) is ``--mode test``. ``--dataset synthetic_sysu`` is the synthetic data with infrared
-cameras in the SYSU-MM01 layout: modality-balanced batches and the SYSU-MM01 test (``--sysu-mode``, ``--sysu-shots``).
+Multi-GPU: ``torchrun --nproc_per_node N crossmodal_bot/main.py ... [--sync-bn]`` (``--batch-size`` stays the global
+P x K; P must be a multiple of N). ``--evaluate`` (shared flag) is ``--mode test``. ``--dataset synthetic_sysu`` is
+the synthetic data with infrared cameras in the SYSU-MM01 layout: modality-balanced batches and the SYSU-MM01 test
+(``--sysu-mode``, ``--sysu-shots``).
 
 The original re-implementation's flags (``--market_path``, ``--duke_path``, ``--output_path``, ``--train_dataset``,
 ``--image_size``, ``--p``, ``--k``, ``--base_learning_rate``, ``--total_train_epochs``, ``--resume_test_epoch``,
@@ -51,6 +53,9 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--base_learning_rate", dest="lr", type=float, help=argparse.SUPPRESS)
     g.add_argument("--total_train_epochs", dest="epochs", type=int, help=argparse.SUPPRESS)
     g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=5e-4)
+    g.add_argument("--optimizer", choices=["adam", "sgd", "adamw"], default="adam",
+                   help="Adam as both originals (SOLVER.OPTIMIZER_NAME); sgd uses --momentum")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--milestones", type=int, nargs="+", default=[40, 70])
     g.add_argument("--gamma", type=float, default=0.1)
     g.add_argument("--warmup-epochs", "--warmup_iters", dest="warmup_epochs", type=int, default=10)
@@ -68,6 +73,10 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--neck-feat", "--neck_feat", dest="neck_feat", choices=["after", "before"], default="after")
     g.add_argument("--random-erase", dest="random_erase", type=float, default=0.5, help="random erasing probability")
     g.add_argument("--pad", type=int, default=10)
+    g.add_argument("--flip-p", dest="flip_p", type=float, default=0.5, help="horizontal flip probability")
+    g.add_argument("--sync-bn", dest="sync_bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the global batch (nn.SyncBatchNorm on CUDA, "
+                        "common.distributed.CPUSyncBatchNorm on the CPU); no effect in one process")
     g.add_argument("--flip-test", dest="flip_test", action="store_true", help="average with flipped images at test")
     g.add_argument("--test-metric", dest="test_metric", choices=["euclidean", "cosine"], default="euclidean")
     g.add_argument("--eval-period", dest="eval_period", type=int, default=40, help="evaluate every N epochs")

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 from common.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from common.distributed import (broadcast_module, broadcast_object, check_world_size, gather_rng_states,
+                                rank_seed, restore_rng_states, unwrap, wrap_ddp)
 from common.cli import adopt_stored_args
 from common.datasets import build_dataset
 from common.datasets.base import records_arrays
@@ -113,17 +115,28 @@ def find_checkpoint_in(run_dir: str, epoch: int, explicit: str = "") -> Optional
 
 
 def find_checkpoint(run: Run, epoch: int, explicit: str = "") -> Optional[str]:
-    return find_checkpoint_in(run.dir, epoch, explicit)
+    """:func:`find_checkpoint_in` on rank 0, the same answer on every rank (torchrun)."""
+    return broadcast_object(find_checkpoint_in(run.dir, epoch, explicit) if run.is_main else None)
 
 
 def prune_checkpoints(run: Run, keep: int) -> None:
-    if keep > 0:
+    if keep > 0 and run.is_main:
         for e in saved_epochs(run)[:-keep]:
             os.remove(checkpoint_path(run, e))
 
 
+def check_identities_per_rank(args, world_size: int) -> None:
+    """Under torchrun each rank takes P / W whole identities of every global P x K batch."""
+    p = args.batch_size // args.num_instances
+    if world_size > 1 and p % world_size:
+        raise ReidError(f"--batch-size {args.batch_size} with --k {args.num_instances} is P = {p} identities per "
+                        f"batch, which {world_size} processes cannot share as whole identities",
+                        fix=f"make P (--p, or --batch-size / --k) a multiple of --nproc_per_node {world_size}")
+
+
 # ----------------------------------------------------------------------------------------------- evaluation
 def evaluate_all(args, run: Run, model, label: str, datasets: Dict) -> Dict[str, Dict]:
+    """Evaluate ``model`` on every test set (torchrun: sharded extraction, rank 0 scores, all get the results)."""
     out = {}
     for key in args.testset:
         if key not in datasets:
@@ -147,11 +160,21 @@ def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
     train_set = datasets.pop(args.dataset) if args.dataset in datasets else load_dataset(args, args.dataset)
     if not args.combine_all:  # with --combine-all the training set's test split is in training: test a fresh one
         datasets[args.dataset] = train_set
+    check_identities_per_rank(args, run.world_size)
     loader = build_bot_train_loader(train_set, args)
     model = build_model(args, train_set.num_train_pids).to(run.device)
     criterion = build_loss(train_set.num_train_pids, args.margin, args.label_smooth, args.center_loss_weight,
                            model.feat_dim).to(run.device)
-    optimizer = build_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, weight_decay_bias=args.weight_decay)
+    broadcast_module(criterion)  # torchrun: rank 0's centers everywhere (DDP does the same for the model)
+    ckpt = find_checkpoint(run, args.resume_train_epoch, args.resume) if (
+        args.resume or args.resume_train_epoch >= 0 or args.auto_resume) else None
+    state = load_checkpoint(ckpt, map_location=run.device) if ckpt else None
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+    net = wrap_ddp(model, run.device, sync_bn=args.sync_bn)  # torchrun: DDP (+ SyncBN); alone: ``model`` itself
+    model = unwrap(net)  # the module checkpoints save; after the SyncBN conversion, which makes new parameters
+    optimizer = build_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, weight_decay_bias=args.weight_decay,
+                                optimizer=getattr(args, "optimizer", "adam"), momentum=getattr(args, "momentum", 0.9))
     scheduler = WarmupMultiStepLR(optimizer, milestones=args.milestones, gamma=args.gamma,
                                   warmup_factor=args.warmup_factor, warmup_iters=args.warmup_epochs)
     center = criterion.center  # the original's optional center loss: its centers have their own SGD
@@ -159,11 +182,7 @@ def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
     scaler = torch.amp.GradScaler("cuda") if args.amp and run.device.type == "cuda" else None
 
     start_epoch, rows = 0, []
-    ckpt = find_checkpoint(run, args.resume_train_epoch, args.resume) if (
-        args.resume or args.resume_train_epoch >= 0 or args.auto_resume) else None
-    if ckpt:
-        state = load_checkpoint(ckpt, map_location=run.device)
-        model.load_state_dict(state["state_dict"])
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if center is not None and "center" in state:
@@ -171,7 +190,11 @@ def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
             center_opt.load_state_dict(state["center_optimizer"])
         if scaler is not None and "scaler" in state:
             scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        if "rng_ranks" in state:  # written under torchrun: every rank's own state (the same world size needed)
+            restore_rng_states(state["rng_ranks"], what=f"checkpoint {ckpt}")
+        else:  # one process (or an older checkpoint)
+            check_world_size(state.get("world_size"), what=f"checkpoint {ckpt}")
+            set_rng_state(state["rng"])
         start_epoch = state["epoch"]
         run.log(f"resumed from {ckpt} (epoch {start_epoch})")
         if start_epoch >= args.epochs:
@@ -182,17 +205,18 @@ def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
         for key, res in evaluate_all(args, run, model, "untrained", datasets).items():
             rows.append((f"untrained {args.arch} / {key}", res))
         for key in args.testset:
-            res = evaluate_histogram(datasets[key], not args.no_cython, sysu_mode=args.sysu_mode,
-                                     sysu_shots=args.sysu_shots, sysu_trials=args.sysu_trials)
+            res = broadcast_object(evaluate_histogram(
+                datasets[key], not args.no_cython, sysu_mode=args.sysu_mode, sysu_shots=args.sysu_shots,
+                sysu_trials=args.sysu_trials) if run.is_main else None)
             run.write_results(f"histogram/{key}", res)
             rows.append((f"colour histogram / {key}", res))
-        seed_everything(args.seed)
+        seed_everything(rank_seed(args.seed))
 
     results, guard = {}, DivergenceGuard(args.nonfinite_patience)
     for epoch in range(start_epoch, args.epochs):
         loader.set_epoch(epoch)
-        torch.manual_seed(epoch_seed(args.seed, epoch))
-        stats = train_one_epoch(model, loader, criterion, optimizer, run.device, epoch, center_opt,
+        torch.manual_seed(rank_seed(epoch_seed(args.seed, epoch)))  # rank 0 (alone) keeps the epoch's seed
+        stats = train_one_epoch(net, loader, criterion, optimizer, run.device, epoch, center_opt,
                                 args.center_loss_weight, args.amp, scaler, args.max_batches, args.print_freq,
                                 run.log, args.progress,
                                 on_step=lambda step, s: run.log_metrics(step, prefix="iter", **s), guard=guard,
@@ -204,6 +228,8 @@ def train(args, run: Run, datasets: Optional[Dict] = None) -> Dict[str, Dict]:
         state = {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "rng": rng_state(),
                  "num_classes": train_set.num_train_pids}
+        if run.world_size > 1:
+            state["rng_ranks"] = gather_rng_states()  # collective: every rank, before rank 0 saves
         if center is not None:
             state.update(center=center.state_dict(), center_optimizer=center_opt.state_dict())
         if scaler is not None:
@@ -261,7 +287,9 @@ def write_ranked_lists(args, run: Run, model, datasets: Dict) -> List[str]:
     for key in args.testset:
         ds = datasets[key] if key in datasets else load_dataset(args, key)
         qf, gf = extract_query_gallery(model, ds, args.height, args.width, run.device, args.test_batch_size,
-                                       args.workers, args.flip_test, args.amp, args.progress)
+                                       args.workers, args.flip_test, args.amp, args.progress)  # every rank
+        if not run.is_main:  # torchrun: rank 0 draws
+            continue
         distmat, gallery, topk, what = ranking_to_show(args, ds, compute_distmat(qf.feats, gf.feats,
                                                                                  metric=args.test_metric))
         n = min(args.visualize_queries or len(ds.query), len(ds.query))
@@ -269,7 +297,7 @@ def write_ranked_lists(args, run: Run, model, datasets: Dict) -> List[str]:
         written += visualize_ranked_results(distmat, ds.query, gallery, out, topk=topk,
                                             query_indices=list(range(n)), write_folders=True)
         run.log(f"wrote {n} ranked lists ({what}, top-{topk}) under {out}")
-    return written
+    return broadcast_object(written)
 
 
 def ranking_to_show(args, ds, distmat: np.ndarray):

@@ -7,6 +7,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from common.distributed import all_reduce_mean, average_scalars
 from common.guard import DivergenceGuard
 from common.meters import MeterDict
 from common.progress import bar as progress_bar, interactive
@@ -38,6 +39,10 @@ def train_one_epoch(model: torch.nn.Module, loader, criterion: Callable, optimiz
         guard: a batch whose loss is not finite is skipped (no optimiser step) and counted by the guard, which
             stops training after ``--nonfinite-patience`` consecutive ones.
         num_epochs: total epochs, for the progress display (``epoch 3/20``, 1-based as the log).
+    Under torchrun ``model`` is the DDP wrapper and the loader yields this rank's share; the non-finite check and
+    the logged values use the mean over ranks (the global batch's loss and accuracy), ``images_per_s`` is this
+    rank's.
+
     Returns:
         epoch averages: loss, its parts, accuracy, images/s, ``skipped`` (batches with a non-finite loss).
     """
@@ -60,7 +65,7 @@ def train_one_epoch(model: torch.nn.Module, loader, criterion: Callable, optimiz
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             logits, feat = model(imgs)
             loss, parts = criterion(logits.float(), feat.float(), pids)
-        if not guard.ok(loss, where=f"{name}, iteration {i + 1}"):
+        if not guard.ok(all_reduce_mean(loss), where=f"{name}, iteration {i + 1}"):  # one decision for all ranks
             skipped += 1
             bar.update(1)
             continue
@@ -76,12 +81,15 @@ def train_one_epoch(model: torch.nn.Module, loader, criterion: Callable, optimiz
                 p.grad.data *= 1.0 / center_weight
             center_optimizer.step()
         acc = (logits.argmax(1) == pids).float().mean().item()
-        meters.update(n=imgs.size(0), loss=loss.item(), acc=acc, **parts)
+        shown = average_scalars({"loss": loss.item(), "acc": acc, **parts})  # torchrun: the global batch's values
+        loss_value, acc = shown.pop("loss"), shown.pop("acc")
+        parts = {k: shown[k] for k in parts}
+        meters.update(n=imgs.size(0), loss=loss_value, acc=acc, **parts)
         seen += imgs.size(0)
         bar.update(1)
         bar.set_postfix(loss=f"{meters.meters['loss'].avg:.3f}", acc=f"{meters.meters['acc'].avg:.3f}")
         if on_step is not None:
-            on_step(epoch * total + i, {"loss": loss.item(), "acc": acc, **parts})
+            on_step(epoch * total + i, {"loss": loss_value, "acc": acc, **parts})
         if print_freq and (i + 1) % print_freq == 0 and plain:
             log(f"{name} [{i + 1}/{total}] {meters}")
     bar.close()

@@ -115,3 +115,41 @@ def extract_features(model: torch.nn.Module, loader, device, flip: bool = False,
         raise ValueError(f"extract_features({desc!r}): the loader yielded no batch (empty image list?)")
     return Features(torch.cat(feats, 0).float(), np.concatenate(pids), np.concatenate(camids),
                     np.concatenate(indices))
+
+
+def extract_features_sharded(model: torch.nn.Module, items, make_loader: Callable, device, batch_size: int,
+                             **kwargs) -> Features:
+    """:func:`extract_features` split across the ranks of ``torchrun``, gathered in ``items``' order.
+
+    Rank r extracts the contiguous shard ``common.distributed.shard_range(len(items), align=batch_size)`` of
+    ``items`` (whole test batches, so every batch is a single-process batch and the features are bit-identical);
+    :func:`common.distributed.gather_features` then gives every rank all N rows in order, ``indices`` being
+    positions in ``items``. Alone: exactly ``extract_features(model, make_loader(items), device, **kwargs)``.
+    Every rank must call it (collective). Pass the plain model (``common.distributed.unwrap``), not the DDP
+    wrapper, whose forward would synchronise buffers across ranks with unequal batch counts.
+
+    Args:
+        model: the network on ``device``.
+        items: the image list (e.g. query records), sliceable.
+        make_loader: ``make_loader(sub_list) -> loader`` in list order with batches of ``batch_size``, yielding
+            indices relative to ``sub_list`` (e.g. ``common.data.loaders.build_test_loader``).
+        device: this rank's device.
+        batch_size: the loader's batch size (the shard alignment).
+        **kwargs: :func:`extract_features` options (flip, amp, normalize, forward_fn, progress, desc).
+    Returns:
+        :class:`Features` of all ``len(items)`` images, on every rank.
+    """
+    from common.distributed import all_gather_objects, gather_features, is_distributed, shard_range
+    if not is_distributed():
+        return extract_features(model, make_loader(items), device, **kwargs)
+    part = shard_range(len(items), align=batch_size)
+    local = None
+    if len(part):
+        local = extract_features(model, make_loader(items[part.start:part.stop]), device, **kwargs)
+    tails = [t for t in all_gather_objects(None if local is None else tuple(local.feats.shape[1:])) if t is not None]
+    if not tails:
+        raise ValueError(f"extract_features_sharded({kwargs.get('desc', 'extract')!r}): empty image list")
+    if local is None:  # more ranks than batches: this rank contributes no rows
+        empty = np.zeros(0, dtype=np.int64)
+        local = Features(torch.zeros((0,) + tuple(tails[0])), empty, empty.copy(), empty.copy())
+    return gather_features(local)

@@ -5,6 +5,8 @@ the cases below and saves what it saw; the tests compare that with a single-proc
 
 * the batch splitter: shares of the ranks, concatenated in rank order, are each global P x K batch; whole identities;
 * sharded feature extraction + ordered gather: identical (torch.equal) to one process, uneven shards (13 = 7 + 6);
+  ``extract_features_sharded`` (13 images = 8 + 5; 3 images = one batch, rank 1 empty) equal to extract_features;
+* all_reduce_mean / average_scalars / broadcast_module;
 * DDP training with CPUSyncBatchNorm and a global batch-hard triplet loss (gather_with_grad) plus per-rank
   cross-entropy, 4 SGD steps with momentum: weights and BN running statistics equal one process on the global
   batch to 1e-5;
@@ -29,7 +31,7 @@ from torch.utils.data import BatchSampler, DataLoader, Subset, TensorDataset  # 
 from common import distributed as D  # noqa: E402
 from common.data.samplers import RandomIdentitySampler  # noqa: E402
 from common.errors import ReidError  # noqa: E402
-from common.eval.features import extract_features  # noqa: E402
+from common.eval.features import extract_features, extract_features_sharded  # noqa: E402
 
 WORLD = 2
 # training set: 10 identities with 3..6 images each; P x K = 4 x 2 global batches (2 identities per rank)
@@ -126,6 +128,20 @@ def extract(dataset, align=4, chunk_rows=4096):
     return D.gather_features(local, chunk_rows=chunk_rows)
 
 
+def list_loader(items, batch_size=4):
+    """Loader over a list of (image, pid, camid) items with indices relative to the list, as build_test_loader."""
+    return DataLoader([(*item, i) for i, item in enumerate(items)], batch_size=batch_size)
+
+
+def sharded(n=13, batch_size=4):
+    """extract_features_sharded over n test images, flip-averaged and normalised (alone: one loader; 13 on 2
+    ranks: 8 + 5 images)."""
+    data = make_test_images(n)
+    items = [data[i][:3] for i in range(n)]
+    return extract_features_sharded(extract_model(), items, lambda sub: list_loader(sub, batch_size), "cpu",
+                                    batch_size, flip=True, normalize=True, progress=False)
+
+
 def worker(out_dir):
     ctx = D.init_distributed("cpu")
     rank = ctx.rank
@@ -142,6 +158,15 @@ def worker(out_dir):
     out["features"] = (feats.feats, feats.pids, feats.camids, feats.indices)
     feats = extract(make_test_images(), align=1, chunk_rows=3)  # shards 7 + 6, gathered 3 rows at a time
     out["features_unaligned"] = (feats.feats, feats.pids, feats.camids, feats.indices)
+    for name, (n, batch) in {"sharded": (13, 4), "sharded_one_batch": (3, 4)}.items():  # 3 images: rank 1 has none
+        feats = sharded(n, batch)
+        out[name] = (feats.feats, feats.pids, feats.camids, feats.indices)
+    out["reduced"] = (D.all_reduce_mean(torch.tensor([1.0 + rank, -2.0 * rank])),
+                      D.average_scalars({"a": float(rank), "b": 3.0}))
+    centers = nn.Linear(3, 2)
+    torch.manual_seed(100 + rank)  # different on each rank before the broadcast
+    nn.init.normal_(centers.weight)
+    out["broadcast_module"] = D.broadcast_module(centers).weight.detach().clone()
     out["state"] = train()
     out["state_frozen_bn"] = train(sync_bn=False)
     q, g = torch.randn(5, 4, generator=torch.Generator().manual_seed(3)), torch.randn(
@@ -218,6 +243,33 @@ class TwoProcesses(unittest.TestCase):
             np.testing.assert_array_equal(pids, ref.pids)
             np.testing.assert_array_equal(indices, np.arange(13))
 
+    def test_sharded_extraction_equals_one_process(self):
+        for name, n in (("sharded", 13), ("sharded_one_batch", 3)):
+            data = make_test_images(n)  # the reference: extract_features over one loader of the whole list
+            ref = extract_features(extract_model(), list_loader([data[i][:3] for i in range(n)]), "cpu", flip=True,
+                                   normalize=True, progress=False)
+            self.assertEqual(ref.feats.shape, (n, 4))
+            for o in self.out:
+                feats, pids, camids, indices = o[name]
+                self.assertTrue(torch.equal(feats, ref.feats), name)  # bit-identical (batch-aligned shards)
+                np.testing.assert_array_equal(pids, np.arange(n) % 5)
+                np.testing.assert_array_equal(camids, np.arange(n) % 3)
+                np.testing.assert_array_equal(indices, np.arange(n))
+        # alone it is extract_features itself
+        alone = sharded(13, 4)
+        self.assertTrue(torch.equal(alone.feats, self.out[0]["sharded"][0]))
+
+    def test_reductions_and_module_broadcast(self):
+        for o in self.out:
+            mean, scalars = o["reduced"]
+            self.assertTrue(torch.equal(mean, torch.tensor([1.5, -1.0])))
+            self.assertEqual(scalars, {"a": 0.5, "b": 3.0})
+        weight = nn.Linear(3, 2).weight.detach().clone()
+        torch.manual_seed(100)  # rank 0's weights, everywhere
+        ref = nn.init.normal_(weight)
+        for o in self.out:
+            self.assertTrue(torch.equal(o["broadcast_module"], ref))
+
     def test_ddp_sync_bn_equals_one_process_on_the_global_batch(self):
         ref = train()  # alone: plain BatchNorm on the whole global batch, triplet on it
         torch.manual_seed(0)
@@ -277,6 +329,8 @@ class SingleProcess(unittest.TestCase):
         x = torch.randn(3, 2)
         self.assertIs(D.gather_with_grad(x), x)
         self.assertIs(D.gather_features(x), x)
+        self.assertIs(D.all_reduce_mean(x), x)
+        self.assertEqual(D.average_scalars({"a": 1.5}), {"a": 1.5})
         batches = [list(b) for b in global_batches()]
         self.assertEqual(list(D.DistributedBatchSampler(global_batches(), K)), batches)
         self.assertEqual(list(D.DistributedBatchSampler([[4, 1, 2]], 2, pids=[0, 1, 2, 3, 4])), [[4, 1, 2]])
