@@ -3,8 +3,8 @@
 Each case runs the real script in a subprocess on tiny synthetic data (ResNet-18, random init, 32x16 images):
 
 * equal to one process on the same global batch (``synthetic``, P x K), SyncBatchNorm on, deterministic
-  augmentation, SGD: the weights and BN statistics after 4 steps agree to 1e-5 while training moves them by far
-  more (a triplet on the local share instead of the global batch differs by ~0.1);
+  augmentation, SGD, center loss on: the weights, BN statistics and centers after 4 steps agree to 1e-5 while
+  training moves them by far more (a triplet on the local share instead of the global batch differs by ~0.07);
 * the ranks' loaders: shares of ranks 0 and 1 concatenate to the single-process batches, P x K and
   modality-balanced (``synthetic_sysu``), whole identities, the RGB / IR balance kept on each rank;
 * a 2-process run killed after its first checkpoint and resumed with 2 processes ends with the weights of an
@@ -118,9 +118,9 @@ def kill_all(proc):
 class TestEqualsOneProcess(unittest.TestCase):
     """The same 4 steps alone and as 2 processes on halves of each global batch."""
 
-    def check(self, dataset, epochs, batches):
+    def check(self, dataset, epochs, batches, *extra):
         with tempfile.TemporaryDirectory(dir=WORK) as one, tempfile.TemporaryDirectory(dir=WORK) as two:
-            common = ("--epochs", str(epochs), "--max-batches", str(batches), "--no-tensorboard", *EXACT)
+            common = ("--epochs", str(epochs), "--max-batches", str(batches), "--no-tensorboard", *EXACT, *extra)
             p = run(1, bot_args(dataset, one, *common))
             self.assertEqual(p.returncode, 0, p.stderr[-3000:])
             p = run(2, bot_args(dataset, two, *common))
@@ -129,6 +129,11 @@ class TestEqualsOneProcess(unittest.TestCase):
             self.assertEqual((ref["world_size"], ddp["world_size"]), (1, 2))
             diff, key = max_difference(ref["state_dict"], ddp["state_dict"])
             self.assertLess(diff, TOL, key)
+            if "center" in ref:  # the centers outside DDP: same start (rank 0's), same global gradient
+                diff, key = max_difference(ref["center"], ddp["center"])
+                self.assertLess(diff, TOL, key)
+                moved = (ref["center"]["centers"] - checkpoint(one, dataset, 1)["center"]["centers"]).abs().max()
+                self.assertGreater(moved.item(), 100 * TOL)
             # the steps moved the trainable weights (not only the BN statistics) far beyond the tolerance
             start = checkpoint(one, dataset, 1)["state_dict"] if epochs > 1 else None
             if start is not None:
@@ -142,8 +147,8 @@ class TestEqualsOneProcess(unittest.TestCase):
                 res_two = json.load(f)[dataset]
             self.assertAlmostEqual(res_one["mAP"], res_two["mAP"], places=4)  # sharded evaluation, same model
 
-    def test_pk_batches(self):
-        self.check("synthetic", epochs=2, batches=2)
+    def test_pk_batches_with_center_loss(self):
+        self.check("synthetic", 2, 2, "--center-loss-weight", "5e-4")
 
 
 class TestBatchShares(unittest.TestCase):
