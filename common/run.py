@@ -319,7 +319,7 @@ def run_mode(args) -> str:
 
 
 def setup_run(args, method: str, extra_info: Optional[Dict[str, Any]] = None, mode: Optional[str] = None,
-              resume_allowed=RESUME_ALLOWED) -> Run:
+              resume_allowed=RESUME_ALLOWED, distributed: bool = False) -> Run:
     """Create (or re-open) the run folder under its lock, check a resume, set up logging, seed, pick the device and
     write the mode's args file.
 
@@ -333,6 +333,8 @@ def setup_run(args, method: str, extra_info: Optional[Dict[str, Any]] = None, mo
         mode: ``train`` (args.json), ``test`` (args_test.json), ``visualize``; default from ``args.mode`` /
             ``args.evaluate``.
         resume_allowed: args that may differ from a stored training run that is resumed.
+        distributed: the method supports torchrun (DDP, sharded batches); without it a launch with more than one
+            process is refused with a clear error (each process would otherwise train the whole model alone).
     Under torchrun (``WORLD_SIZE`` > 1) this also joins the process group (:func:`common.distributed.init_distributed`):
     rank 0 does all of the above; the other ranks get a :class:`Run` that writes nothing, the rank's device and its
     own seed (:func:`common.distributed.rank_seed`), and raise :class:`common.errors.PeerError` when rank 0 fails.
@@ -344,6 +346,11 @@ def setup_run(args, method: str, extra_info: Optional[Dict[str, Any]] = None, mo
             :func:`check_resume_args`).
     """
     from common.distributed import broadcast_object, init_distributed, rank_seed
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and not distributed:
+        raise ReidError(f"{method} runs as one process: it has no torchrun / DDP support yet (WORLD_SIZE={world})",
+                        fix=f"run it without torchrun (python {method}/main.py ...); torchrun works for "
+                            "crossmodal_bot/main.py, qaconv/main.py and qaconv/main_gs.py")
     ctx = init_distributed(getattr(args, "device", "auto"))
     if not ctx.distributed:
         return _setup_main(args, method, extra_info, mode, resume_allowed, ctx)

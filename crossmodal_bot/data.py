@@ -20,14 +20,6 @@ from common.distributed import DistributedBatchSampler, get_rank, get_world_size
 from crossmodal_bot.sampler import CrossModalityIdentitySampler
 
 
-class ShardedEpochLoader(EpochDataLoader):
-    """An :class:`EpochDataLoader` over a ``batch_sampler`` (this rank's share); ``set_epoch`` reaches its sampler."""
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        self.batch_sampler.set_epoch(self.epoch)
-
-
 def _transform_kwargs(args) -> dict:
     return dict(pad=args.pad, random_erase_p=args.random_erase, flip_p=getattr(args, "flip_p", 0.5))
 
@@ -67,7 +59,7 @@ def build_bot_train_loader(dataset: ReidDataset, args, rank: Optional[int] = Non
     share = DistributedBatchSampler(BatchSampler(sampler, args.batch_size, drop_last=True), args.num_instances,
                                     pids=[r.pid for r in dataset.train], rank=rank, world_size=world)
     aug_seed = rank_seed(args.seed, rank)  # the order is the global one; the augmentation is the rank's own
-    return ShardedEpochLoader(images, batch_sampler=share, num_workers=args.workers,
+    return EpochDataLoader(images, batch_sampler=share, num_workers=args.workers,
                               pin_memory=torch.cuda.is_available(), generator=torch.Generator(),
                               worker_init_fn=EpochWorkerSeeder(aug_seed) if args.workers > 0 else None,
                               seed=aug_seed)

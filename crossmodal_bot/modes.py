@@ -42,7 +42,7 @@ MODEL_KEYS = ("arch", "height", "width", "last_stride", "neck", "neck_feat", "st
 
 def setup(args) -> Run:
     backend = "cython" if IS_CYTHON_AVAILABLE and not args.no_cython else "numpy"
-    return setup_run(args, METHOD, extra_info={"evaluator_backend": backend})
+    return setup_run(args, METHOD, extra_info={"evaluator_backend": backend}, distributed=True)
 
 
 def preflight(args) -> Dict:

@@ -22,46 +22,28 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import BatchSampler, RandomSampler
 
 from common.data.dataset import ImageDataset
 from common.data.loaders import EpochDataLoader, EpochWorkerSeeder
-from common.distributed import (DistributedBatchSampler, check_world_size, get_world_size, is_distributed,
+from common.distributed import (DistributedBatchSampler, broadcast_module, check_world_size, get_world_size,
                                 rank_seed, restore_rng_states)
 from common.errors import ReidError
 
 
 def broadcast_state(*modules: torch.nn.Module) -> None:
-    """Copy rank 0's parameters and buffers into ``modules`` on every rank (in place); a no-op alone.
+    """:func:`common.distributed.broadcast_module` for each module: rank 0's parameters and buffers everywhere.
 
     Used for what DDP does not broadcast: the criterion (matcher, class memory) after it is built, and model and
     criterion after each 1.1 / 1.2 pre-training trial's random re-initialisation.
     """
-    if not is_distributed():
-        return
     for module in modules:
-        for tensor in module.state_dict().values():
-            if dist.get_backend() == "nccl" or tensor.device.type == "cpu":
-                dist.broadcast(tensor, 0)
-            else:  # gloo with a CUDA tensor: through the CPU
-                buf = tensor.cpu()
-                dist.broadcast(buf, 0)
-                tensor.copy_(buf)
-
-
-class ShardedEpochLoader(EpochDataLoader):
-    """:class:`EpochDataLoader` over a :class:`DistributedBatchSampler`; ``set_epoch`` reaches the global sampler."""
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        if hasattr(self.batch_sampler, "set_epoch"):
-            self.batch_sampler.set_epoch(self.epoch)
+        broadcast_module(module)
 
 
 def sharded_loader(records, transform, batch_size: int, workers: int, seed: int, sampler=None,
                    group_size: int = 1, rank: Optional[int] = None,
-                   world_size: Optional[int] = None) -> ShardedEpochLoader:
+                   world_size: Optional[int] = None) -> EpochDataLoader:
     """This rank's share of the single-process training loader of ``qaconv.engine.build_loader``.
 
     Args:
@@ -84,7 +66,7 @@ def sharded_loader(records, transform, batch_size: int, workers: int, seed: int,
         batches = BatchSampler(sampler, batch_size, drop_last=False)
     pids = [r.pid for r in records] if group_size > 1 else None
     split = DistributedBatchSampler(batches, group_size, pids, rank=rank, world_size=world_size)
-    return ShardedEpochLoader(dataset, batch_sampler=split,
+    return EpochDataLoader(dataset, batch_sampler=split,
                               num_workers=workers, pin_memory=torch.cuda.is_available(), generator=generator,
                               worker_init_fn=EpochWorkerSeeder(rank_seed(seed)) if workers > 0 else None,
                               seed=seed)

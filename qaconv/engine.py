@@ -185,7 +185,7 @@ def read_checkpoint(path: str, device) -> Tuple[Dict, Dict, Dict]:
 # ----------------------------------------------------------------------------------------------- flows
 def setup(args) -> Run:
     backend = "cython" if IS_CYTHON_AVAILABLE and not args.no_cython else "numpy"
-    return setup_run(args, METHOD, extra_info={"evaluator_backend": backend})
+    return setup_run(args, METHOD, extra_info={"evaluator_backend": backend}, distributed=True)
 
 
 def reset_for_trial(model: ResMap, criterion: torch.nn.Module, base_state: Dict) -> None:

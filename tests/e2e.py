@@ -15,6 +15,22 @@ import tempfile
 from common.datasets import build_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TORCHRUN_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launch_command(script: str, args, nproc: int = 1) -> list:
+    """``python script *args`` alone, under ``torchrun --standalone --nproc_per_node nproc`` when nproc > 1."""
+    if nproc == 1:
+        return [sys.executable, script, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script, *args]
+
+
+def clean_env() -> dict:
+    """This environment with one torch thread, the repository importable and no torchrun variables."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    for key in TORCHRUN_VARS:
+        env.pop(key, None)
+    return env
 
 
 class Workspace:

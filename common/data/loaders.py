@@ -56,7 +56,8 @@ class EpochWorkerSeeder:
 
 
 class EpochDataLoader(DataLoader):
-    """A DataLoader with ``set_epoch``: updates the sampler, the loader generator and the worker seeds.
+    """A DataLoader with ``set_epoch``: updates the sampler (or batch sampler), the loader generator and the worker
+    seeds.
 
     Args:
         seed: base seed of the run.
@@ -77,6 +78,8 @@ class EpochDataLoader(DataLoader):
         self._epoch_set = True
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(self.epoch)
+        if hasattr(self.batch_sampler, "set_epoch"):  # a batch sampler passed in, e.g. a rank's share under torchrun
+            self.batch_sampler.set_epoch(self.epoch)
         if self.generator is not None:
             self.generator.manual_seed(mix_seed(self.base_seed, self.epoch, 1))
         if isinstance(self.worker_init_fn, EpochWorkerSeeder):

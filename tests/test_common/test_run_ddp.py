@@ -5,6 +5,7 @@ The module launches itself under ``torchrun --standalone --nproc_per_node 2``:
 * ``ok``: every rank calls ``setup_run``, logs, writes metrics and results and saves a checkpoint; rank 0's files
   are the only ones (one args file, log lines once, one metrics record per step, one checkpoint with
   ``world_size`` 2), rank 1 gets its own seed and device, and ``run.is_main`` / ``run.world_size`` say so.
+* ``refused``: a method that does not declare torchrun support stops on every rank before any folder exists.
 * ``locked``: the run folder is locked by a live process; rank 0 prints the error block, rank 1 exits quietly
   with code 2 (``PeerError``) instead of waiting forever.
 """
@@ -37,7 +38,7 @@ def make_args(exp_dir: str) -> argparse.Namespace:
 def rank_main(case: str, exp_dir: str, out_dir: str) -> None:
     """What each rank runs (under torchrun)."""
     def main(argv=None):
-        run = setup_run(make_args(exp_dir), "m")
+        run = setup_run(make_args(exp_dir), "m", distributed=case != "refused")
         rank = run.dist.rank
         run.log("hello from rank %d", rank)
         run.log_metrics(1, "train", loss=float(rank + 1))
@@ -104,6 +105,15 @@ class TestRunUnderTorchrun(unittest.TestCase):
         self.assertEqual(p.stderr.count("error: "), 1, p.stderr[-3000:])  # rank 0's block only, no traceback
         self.assertNotIn(os.path.join(ROOT, "common"), p.stderr, "no traceback from our code")  # torchrun's own
         self.assertIn("another run (pid", p.stderr)
+        self.assertEqual(os.listdir(self.out), [])
+
+    def test_method_without_ddp_refuses_torchrun(self):
+        p = torchrun("refused", self.exp, self.out)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("error: m runs as one process: it has no torchrun / DDP support yet (WORLD_SIZE=2)", p.stderr)
+        self.assertIn("run it without torchrun", p.stderr)
+        self.assertNotIn(os.path.join(ROOT, "common"), p.stderr, "no traceback from our code")
+        self.assertFalse(os.path.exists(self.run_dir), "refused before the run folder exists")
         self.assertEqual(os.listdir(self.out), [])
 
     def test_alone_unchanged(self):

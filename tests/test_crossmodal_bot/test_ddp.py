@@ -28,7 +28,7 @@ import torch
 
 from common.checkpoint import load_checkpoint
 from common.datasets import build_dataset
-from tests.e2e import ROOT
+from tests.e2e import ROOT, clean_env, launch_command
 
 SYNTH_IDS = 24  # 12 training identities; P x K = 4 x 4, 2 identities per rank
 _TMP = tempfile.TemporaryDirectory(prefix="bot-ddp-test-")
@@ -58,17 +58,10 @@ def bot_args(dataset, exp_dir, *extra):
 
 
 def command(nproc, argv):
-    if nproc == 1:
-        return [sys.executable, SCRIPT, *argv]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", SCRIPT,
-            *argv]
+    return launch_command(SCRIPT, argv, nproc)
 
 
-def environment():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
+environment = clean_env
 
 
 def run(nproc, argv, timeout=600):

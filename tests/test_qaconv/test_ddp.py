@@ -36,6 +36,7 @@ from common.eval.features import Features  # noqa: E402
 from qaconv.evaluate import (evaluate_qaconv, extract_feature_maps, pairwise_scores,  # noqa: E402
                              sharded_feature_maps, sharded_pairwise_scores)
 from qaconv.model import QAConv, ResMap  # noqa: E402
+from tests.e2e import clean_env, launch_command  # noqa: E402
 
 IDS = 24  # 12 training identities (110 images), 32 queries, 76 gallery images
 GS_ARGS = ["--epochs", "2", "--max-batches", "2", "-b", "8", "--num_instance", "2"]
@@ -52,18 +53,11 @@ def base_args(data, exp_dir):
             "--run-name", "t"]
 
 
-def env():
-    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        e.pop(k, None)
-    return e
+env = clean_env
 
 
 def command(script, args, nproc=1):
-    path = os.path.join(ROOT, "qaconv", script)
-    if nproc == 1:
-        return [sys.executable, path, *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", path, *args]
+    return launch_command(os.path.join(ROOT, "qaconv", script), args, nproc)
 
 
 def run(script, args, nproc=1, cwd=None):
