@@ -93,7 +93,7 @@ def save_checkpoint(path: str, state: Dict[str, Any], args: Optional[Dict[str, A
         args: resolved arguments (``vars(args)``); stored inside the checkpoint and as ``{"args": ...}`` in the
             ``args.json`` beside it (the run's own args.json keeps its argv / git / environment entries).
     Under torchrun only rank 0 writes (the others return at once), and ``state["world_size"]`` records the number of
-    processes (1 alone) for :func:`common.distributed.check_world_size` on resume. Anything collective (e.g.
+    processes for :func:`common.distributed.check_world_size` on resume (absent alone, which means 1). Anything collective (e.g.
     ``gather_rng_states``) must be computed on every rank *before* this call.
 
     Returns:
@@ -103,7 +103,8 @@ def save_checkpoint(path: str, state: Dict[str, Any], args: Optional[Dict[str, A
     if rank != 0:
         return path
     state = dict(state)
-    state.setdefault("world_size", world)
+    if world > 1:  # alone the file is as before (no key: one process, for check_world_size)
+        state.setdefault("world_size", world)
     if args is not None:
         state["args"] = json.loads(json.dumps(args, default=str))
         side = os.path.join(os.path.dirname(os.path.abspath(path)), "args.json")
