@@ -84,6 +84,9 @@ def build_parser(prog: str = "mudeep/main.py", description: str = "") -> argpars
     g.add_argument("--guidance", type=int, default=512, help="leader channels")
     g.add_argument("--embed-dim", dest="embed_dim", type=int, default=512)
     g.add_argument("--dropout", type=float, default=0.5)
+    g.add_argument("--sync-bn", dest="sync_bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the global batch (nn.SyncBatchNorm on CUDA, "
+                        "common.distributed.CPUSyncBatchNorm on the CPU); no effect in one process")
     g.add_argument("--flip-test", dest="flip_test", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--auto-resume", dest="auto_resume", action=argparse.BooleanOptionalAction, default=True,
                    help="resume from the run folder's checkpoint.pth when there is one")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List
+from typing import List, Optional
 
 import torch
+from torch.utils.data import BatchSampler
 import torchvision.transforms as T
 from torchvision.transforms import InterpolationMode
 
@@ -19,6 +20,7 @@ from common.data.dataset import ImageDataset
 from common.data.loaders import EpochDataLoader, EpochWorkerSeeder
 from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomErasing
 from common.datasets.base import ReidDataset, Record, relabel
+from common.distributed import DistributedBatchSampler, get_rank, get_world_size, rank_seed
 from common.errors import ReidError
 from mudeep.sampler import MuDeepSampler
 
@@ -40,13 +42,38 @@ def test_transform(height: int, width: int) -> T.Compose:
                       T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def build_train_loader(records, args) -> EpochDataLoader:
-    """P*K batches read in the order of :class:`MuDeepSampler`, drop_last, seeded per epoch."""
+def build_train_loader(records, args, rank: Optional[int] = None,
+                       world_size: Optional[int] = None) -> EpochDataLoader:
+    """P*K batches read in the order of :class:`MuDeepSampler`, drop_last, seeded per epoch.
+
+    Under torchrun (``world_size`` > 1; default: this process's) every rank draws the same global order (the
+    sampler keeps the base ``--seed``) and takes its contiguous share of each global batch: P / W whole K-blocks
+    (:class:`common.distributed.DistributedBatchSampler`); augmentation is seeded per rank (rank 0 keeps the
+    single-process seed). ``rank`` / ``world_size`` build another rank's loader (tests).
+
+    Returns:
+        a loader with ``set_epoch(e)`` and ``identity_sampler`` (the :class:`MuDeepSampler`), yielding (images
+        (B, 3, H, W), labels (B,), camids (B,), indices (B,)), B = P*K alone, P*K / W on each of W ranks.
+    """
     sampler = MuDeepSampler(records, k=args.K, repeat=args.repeat, seed=args.seed)
     dataset = ImageDataset(records, train_transform(args.height, args.width, args.flip_p, args.erasing_p))
-    return EpochDataLoader(dataset, batch_size=args.P * args.K, sampler=sampler, num_workers=args.workers,
-                           drop_last=True, pin_memory=torch.cuda.is_available(), generator=torch.Generator(),
-                           worker_init_fn=EpochWorkerSeeder(args.seed) if args.workers > 0 else None, seed=args.seed)
+    world = get_world_size() if world_size is None else int(world_size)
+    rank = get_rank() if rank is None else int(rank)
+    if world == 1:  # one process: exactly the loader of before torchrun support
+        loader = EpochDataLoader(dataset, batch_size=args.P * args.K, sampler=sampler, num_workers=args.workers,
+                                 drop_last=True, pin_memory=torch.cuda.is_available(), generator=torch.Generator(),
+                                 worker_init_fn=EpochWorkerSeeder(args.seed) if args.workers > 0 else None,
+                                 seed=args.seed)
+    else:
+        share = DistributedBatchSampler(BatchSampler(sampler, args.P * args.K, drop_last=True), args.K,
+                                        pids=[r.pid for r in records], rank=rank, world_size=world)
+        aug_seed = rank_seed(args.seed, rank)
+        loader = EpochDataLoader(dataset, batch_sampler=share, num_workers=args.workers,
+                                 pin_memory=torch.cuda.is_available(), generator=torch.Generator(),
+                                 worker_init_fn=EpochWorkerSeeder(aug_seed) if args.workers > 0 else None,
+                                 seed=aug_seed)
+    loader.identity_sampler = sampler
+    return loader
 
 
 def folder_records(folder: str) -> List[Record]:

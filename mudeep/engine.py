@@ -7,10 +7,19 @@ Run folder ``<exp-dir>/mudeep/<dataset>/<NAME>/``: ``args.json``, ``log.txt``, `
 every epoch: model, optimizer, epoch, RNG, args; a killed run resumes from it) and ``NAME_<epoch>.pkl`` every
 ``--TRAIN.CHECKPOINT`` epochs in the original's format (``epoch``, ``state_dict`` with ``module.`` keys,
 ``optimizer``), which ``--resume`` / ``--evaluate`` (and the original's ``test()``) read.
+
+Under torchrun (``torchrun --nproc_per_node N mudeep/main.py ...``) every rank builds the same global sampler and
+takes P / N whole K-blocks of each global batch (``data.py``), the model is wrapped in DDP (``--sync-bn``:
+SyncBatchNorm), the triplet terms see the gathered global batch (``loss.py``), augmentation and dropout are
+seeded per rank, rank 0 alone writes the folder (log, metrics, TensorBoard, opt.txt, checkpoints, results), and
+``checkpoint.pth`` also holds every rank's random state (``rng_ranks``) and ``world_size``: resuming it with
+another number of processes is an error naming both. Evaluation is sharded (``evaluate.py``). Alone nothing
+changes: the same files with the same keys.
 """
 from __future__ import annotations
 
 import glob
+import io
 import os
 import random
 import re
@@ -22,6 +31,8 @@ import torch
 from common.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from common.data.samplers import mix_seed
 from common.datasets import build_dataset
+from common.distributed import (broadcast_module, broadcast_object, check_world_size, gather_rng_states, is_main,
+                                rank_seed, restore_rng_states, unwrap, wrap_ddp)
 from common.errors import ReidError
 from common.eval.rank import IS_CYTHON_AVAILABLE
 from common.eval.report import results_table
@@ -38,13 +49,14 @@ METHOD = "mudeep"
 
 def setup(args) -> Run:
     backend = "cython" if IS_CYTHON_AVAILABLE and not args.no_cython else "numpy"
-    return setup_run(args, METHOD, extra_info={"evaluator_backend": backend})
+    return setup_run(args, METHOD, extra_info={"evaluator_backend": backend}, distributed=True)
 
 
 # ----------------------------------------------------------------------------------------------- building
 def load_dataset(args, key: str):
     kwargs = {"num_ids": args.synthetic_ids} if key.startswith("synthetic") and args.synthetic_ids else {}
-    return build_dataset(key, args.data_dir, combine_all=args.combine_all and key == args.dataset, **kwargs)
+    return build_dataset(key, args.data_dir, combine_all=args.combine_all and key == args.dataset,
+                         verbose=is_main(), **kwargs)  # torchrun: one statistics table, rank 0's
 
 
 def training_set(args):
@@ -81,8 +93,12 @@ def build_optimizer(args, model: MuDeepV2) -> torch.optim.SGD:
 
 
 def seed_epoch(seed: int, epoch: int) -> None:
-    """Seed random / NumPy / torch from (seed, epoch): augmentation and dropout of an epoch replay on resume."""
-    s = mix_seed(seed, epoch, 11)
+    """Seed random / NumPy / torch from (seed, epoch): augmentation and dropout of an epoch replay on resume.
+
+    Under torchrun each rank seeds from :func:`common.distributed.rank_seed` (rank 0, and a single process, keep
+    ``seed``), so the ranks' augmentation and dropout differ.
+    """
+    s = mix_seed(rank_seed(seed), epoch, 11)
     random.seed(s)
     np.random.seed(s % (2 ** 32))
     torch.manual_seed(s)
@@ -114,6 +130,23 @@ def resume_path(args, run: Run) -> Optional[str]:
     return None
 
 
+def restore_random_state(state: Dict, ckpt: str) -> None:
+    """The random state of a checkpoint of ours: every rank's (written under torchrun; the same world size
+    needed), or the single process's (then this run must be one process too). An original ``.pkl`` has none."""
+    if "rng_ranks" in state:
+        restore_rng_states(state["rng_ranks"], what=f"checkpoint {ckpt}")
+    elif "rng" in state:
+        check_world_size(state.get("world_size"), what=f"checkpoint {ckpt}")
+        set_rng_state(state["rng"])
+
+
+def check_identities_per_rank(args, world_size: int) -> None:
+    """Under torchrun each rank takes P / W whole K-blocks of every global P x K batch."""
+    if world_size > 1 and args.P % world_size:
+        raise ReidError(f"--P {args.P} identities per batch cannot be shared by {world_size} processes as whole "
+                        f"identities", fix=f"make --P a multiple of --nproc_per_node {world_size}")
+
+
 def original_state(model: MuDeepV2, optimizer, epoch: int) -> Dict:
     """The original's checkpoint dict (DataParallel key names)."""
     return {"epoch": epoch, "state_dict": {"module." + k: v for k, v in model.state_dict().items()},
@@ -123,7 +156,9 @@ def original_state(model: MuDeepV2, optimizer, epoch: int) -> Dict:
 # ----------------------------------------------------------------------------------------------- opt.txt
 def open_opt_file(args, run: Run, append: bool):
     """``opt.txt``: the options block (sorted, nested entries indented) and the Accuracy header, as the original;
-    a resumed run appends."""
+    a resumed run appends. Ranks other than 0 get a file that goes nowhere."""
+    if not run.is_main:
+        return io.StringIO()
     f = open(os.path.join(run.dir, "opt.txt"), "a" if append else "w")
     if not append:
         f.write("------------------------ Options -------------------------\n")
@@ -155,25 +190,29 @@ def train(args, run: Run) -> Dict[str, Dict]:
         raise ReidError(f"--NUM_CLASS {args.num_class} but the training set has {num_classes} identities",
                         fix=f"pass --NUM_CLASS {num_classes} or leave it out")
     datasets = {args.dataset: train_set} if not (args.train_root or args.combine_all) else {}
+    check_identities_per_rank(args, run.world_size)
     loader = build_train_loader(train_set.train, args)
-    if loader.sampler.num_short:
-        run.log(f"{loader.sampler.num_short} identities have fewer than K={args.K} images (sampled with replacement)")
+    short = loader.identity_sampler.num_short
+    if short:
+        run.log(f"{short} identities have fewer than K={args.K} images (sampled with replacement)")
     model = build_model(args, num_classes).to(run.device)
     criterion = MuDeepLoss(args.margin, args.K, args.mining, args.ce_weight, args.tri_weight)
+    ckpt = resume_path(args, run)  # every rank (same files, nothing written yet): the same answer
+    state = read_weights(ckpt, run.device) if ckpt else None
+    if state is not None:
+        load_original_state_dict(model, state["state_dict"])
+    net = wrap_ddp(model, run.device, sync_bn=args.sync_bn)  # torchrun: DDP (+ SyncBN); alone: ``model`` itself
+    model = unwrap(net)  # what checkpoints save; after the SyncBN conversion (new modules), before the optimizer
     optimizer = build_optimizer(args, model)
 
     start, rows = 0, []
-    ckpt = resume_path(args, run)
-    if ckpt:
-        state = read_weights(ckpt, run.device)
-        load_original_state_dict(model, state["state_dict"])
+    if state is not None:
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
             for g, lr in zip(optimizer.param_groups, [g["lr"] for g in parameter_groups(model, args.lr,
                                                                                          args.base_lr_factor)]):
                 g["initial_lr"] = lr  # the original's optimizer state has no initial_lr
-        if "rng" in state:
-            set_rng_state(state["rng"])
+        restore_random_state(state, ckpt)
         start = int(state.get("epoch", 0))
         run.log(f"resumed from {ckpt} (epoch {start})")
     elif args.compare_histogram:
@@ -193,12 +232,13 @@ def train(args, run: Run) -> Dict[str, Dict]:
             set_epoch_lr(optimizer, epoch, args.step_size, args.gamma)
             loader.set_epoch(epoch)
             seed_epoch(args.seed, epoch)
-            stats = train_one_epoch(model, loader, criterion, optimizer, run.device, epoch, args.epochs,
+            stats = train_one_epoch(net, loader, criterion, optimizer, run.device, epoch, args.epochs,
                                     args.max_batches, args.print_freq, run.log,
                                     on_step=lambda step, s: run.log_metrics(step, prefix="iter", **s))
             run.log(f"epoch {epoch}/{args.epochs} " + " ".join(f"{k} {v:.4g}" for k, v in stats.items()))
             run.log_metrics(epoch, prefix="train", **stats)
             if args.snapshot and epoch % args.snapshot == 0:  # the original: only every SNAPSHOT epochs
+                broadcast_module(model)  # torchrun: rank 0's BN statistics on every rank (each updated its own)
                 results = evaluate_all(args, run, model, f"epoch{epoch}", datasets)
                 first = next(iter(results.values()))
                 opt_file.write(accuracy_line(epoch, first))
@@ -208,9 +248,11 @@ def train(args, run: Run) -> Dict[str, Dict]:
                 for key, res in results.items():
                     run.log_metrics(epoch, prefix=f"test/{key}",
                                     **{k: v for k, v in res.items() if isinstance(v, float)})
-            save_checkpoint(run.checkpoint_path, {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                                  "epoch": epoch, "rng": rng_state(), "num_classes": num_classes},
-                            args=vars(args))
+            state = {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                     "rng": rng_state(), "num_classes": num_classes}
+            if run.world_size > 1:  # only under torchrun: a single process keeps exactly the keys above
+                state["rng_ranks"] = gather_rng_states()  # collective: every rank, before rank 0 saves
+            save_checkpoint(run.checkpoint_path, state, args=vars(args))
             if args.checkpoint and epoch % args.checkpoint == 0:
                 save_checkpoint(os.path.join(run.dir, f"{args.name}_{epoch}.pkl"),
                                 original_state(model, optimizer, epoch))
@@ -257,9 +299,10 @@ def test(args, run: Run, model_path: str = "", out_name: str = "", overwrite: bo
     if out_name:
         folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
         target = os.path.join(folder, out_name + ".txt")
-        if os.path.exists(target) and not overwrite:
+        exists = broadcast_object(os.path.exists(target) if run.is_main else None)  # asked before rank 0 opens it
+        if exists and not overwrite:
             raise ReidError(f"{target} exists", where=target, fix="pick another --out-name or pass --overwrite")
-        out_file = open(target, "w")
+        out_file = open(target, "w") if run.is_main else io.StringIO()  # torchrun: rank 0 writes the report
         out_file.write("------------------------ Accuracy -------------------------\n")
     datasets, results, rows = {}, {}, []
     try:

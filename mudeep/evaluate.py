@@ -5,6 +5,11 @@ evaluator (``common.eval.rank``, Market-1501 protocol: same-id same-camera galle
 The original averages the trapezoid AP (the Market-1501 devkit form, ``original_map``) over *all* queries;
 the shared evaluator's mAP is the step AP over valid queries. Both are reported (``mAP`` and ``mAP_orig``);
 ``opt.txt`` carries the original's.
+
+Under torchrun every rank extracts its contiguous, batch-aligned shard of the gallery and query lists
+(:func:`common.eval.features.extract_features_sharded`: bit-identical to one process) and receives all features
+in order; rank 0 alone computes the distances and both mAPs and broadcasts the results, so every rank returns the
+same dict (the distance matrix is rank 0's only). The colour histogram is rank 0's, broadcast.
 """
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ import numpy as np
 from common.data.loaders import build_test_loader
 from common.datasets.base import ReidDataset, records_arrays
 from common.eval.distance import compute_distmat
-from common.eval.features import Features, extract_features
+from common.distributed import broadcast_object, is_main, unwrap
+from common.eval.features import Features, extract_features_sharded
 from common.eval.rank import evaluate_rank
 from mudeep.data import test_transform
 
@@ -26,10 +32,15 @@ def descriptor_forward(model, images):
 
 
 def extract(model, records, args, device, desc: str = "extract") -> Features:
-    loader = build_test_loader(records, args.height, args.width, batch_size=args.test_batch_size,
-                               workers=args.workers, transform=test_transform(args.height, args.width))
-    return extract_features(model, loader, device, flip=args.flip_test, amp=args.amp, normalize=True,
-                            forward_fn=descriptor_forward, progress=args.progress, desc=desc)
+    """Descriptors of ``records`` (N, 12 D), unit rows, in their order. Under torchrun: collective (sharded)."""
+    def make_loader(items):
+        return build_test_loader(items, args.height, args.width, batch_size=args.test_batch_size,
+                                 workers=args.workers, transform=test_transform(args.height, args.width))
+
+    # never the DDP wrapper: its forward synchronises buffers, and the ranks' batch counts may differ
+    return extract_features_sharded(unwrap(model), records, make_loader, device, args.test_batch_size,
+                                    flip=args.flip_test, amp=args.amp, normalize=True,
+                                    forward_fn=descriptor_forward, progress=args.progress, desc=desc)
 
 
 def original_map(distmat: np.ndarray, q_pids, g_pids, q_cams, g_cams) -> float:
@@ -64,14 +75,24 @@ def evaluate_features(qf: Features, gf: Features, dataset: ReidDataset, use_cyth
 
 
 def evaluate_model(model, dataset: ReidDataset, args, device) -> Tuple[Dict, np.ndarray]:
-    """Gallery then query features (the original's order), then :func:`evaluate_features`."""
+    """Gallery then query features (the original's order), then :func:`evaluate_features`.
+
+    Under torchrun: collective; rank 0 scores, every rank returns its results (distmat None on the others).
+    """
     gf = extract(model, dataset.gallery, args, device, f"{dataset.name} gallery")
     qf = extract(model, dataset.query, args, device, f"{dataset.name} query")
-    return evaluate_features(qf, gf, dataset, not args.no_cython)
+    res, distmat = None, None
+    if is_main():
+        res, distmat = evaluate_features(qf, gf, dataset, not args.no_cython)
+    return broadcast_object(res), distmat
 
 
 def evaluate_histogram(dataset: ReidDataset, use_cython: bool = True) -> Dict:
-    """The colour-histogram reference on the same split."""
+    """The colour-histogram reference on the same split (torchrun: rank 0's, the same dict on every rank)."""
+    return broadcast_object(_histogram(dataset, use_cython) if is_main() else None)
+
+
+def _histogram(dataset: ReidDataset, use_cython: bool) -> Dict:
     import torch
     from common.eval.histogram import histogram_features
     qf = torch.from_numpy(histogram_features([r.img_path for r in dataset.query]))

@@ -9,6 +9,13 @@ blocks of K images of one identity. The hardest positive of anchor a is the larg
 (itself included: sqrt(0 + 1e-8) = 1e-4), the hardest negative the smallest distance to any other block. A batch
 that straddles two sampler passes can hold one identity in two blocks; those images then count as negatives.
 ``mining='label'`` uses the labels instead (same-label = positive), the usual batch-hard loss.
+
+Under torchrun each rank holds P / W whole K-blocks of the global batch. The CEs are per-sample means over the
+rank's equal share (DDP's gradient average makes them the global means); the triplet terms are computed on the
+global batch rebuilt with :func:`common.distributed.gather_with_grad` (rank order = the single-process order, so
+the K-blocks are the single-process blocks): every rank computes the same L_Tri, the gather's backward sums the W
+ranks' (identical) gradients into each share's owner, W * dL_Tri/dx_r, and DDP's division by W leaves dL_Tri/dx_r,
+the single-process gradient. The mean over ranks of the rank losses is the single-process loss.
 """
 from __future__ import annotations
 
@@ -17,6 +24,8 @@ from typing import Dict, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from common.distributed import gather_with_grad
 
 DIST_EPS = 1e-8  # inside the square root, as the original
 NORM_EPS = 1e-12  # added by us: the original divides by the norm (NaN for an all-zero post-ReLU vector)
@@ -79,15 +88,18 @@ class MuDeepLoss(nn.Module):
 
     def forward(self, logits: Sequence[torch.Tensor], feats: Sequence[torch.Tensor],
                 labels: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Args: logits 12 x (B, N); feats 3 x (B, D) global embeddings; labels (B,).
+        """Args: logits 12 x (B, N); feats 3 x (B, D) global embeddings; labels (B,) (B = this rank's share
+        under torchrun).
 
         Returns:
-            (total loss, {'loss_CEL': L_CE, 'loss_Tri': L_Tri}) as the original prints them.
+            (total loss, {'loss_CEL': L_CE, 'loss_Tri': L_Tri}) as the original prints them (under torchrun
+            L_CE is this rank's share's, L_Tri the global batch's).
         """
         ce = sum(F.cross_entropy(z, labels) for z in logits) / self.ce_divisor
         tri = 0.0
+        g_labels = gather_with_grad(labels) if self.mining == "label" else None  # alone: labels itself
         for f in feats:
-            d_pos, d_neg = trip_hard(f, self.k, labels if self.mining == "label" else None)
+            d_pos, d_neg = trip_hard(gather_with_grad(f), self.k, g_labels)
             tri = tri + torch.clamp(d_pos - d_neg + self.margin, min=0).mean()
         total = self.ce_weight * ce + self.tri_weight * tri
         return total, {"loss_CEL": ce.detach(), "loss_Tri": torch.as_tensor(tri).detach()}

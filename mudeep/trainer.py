@@ -7,6 +7,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from common.distributed import all_reduce_mean, average_scalars, unwrap
 from common.errors import ReidError
 
 
@@ -14,6 +15,10 @@ def train_one_epoch(model, loader, criterion, optimizer, device, epoch: int, epo
                     print_freq: int = 20, log: Callable = print,
                     on_step: Optional[Callable[[int, Dict], None]] = None) -> Dict[str, float]:
     """Args: loader yields (images (B, 3, H, W), labels (B,), camids, indices) with B = P*K in K-blocks.
+
+    Under torchrun ``model`` is the DDP wrapper and the loader yields this rank's share (B = P*K / W); the
+    non-finite check and the logged losses use the mean over ranks (the global batch's loss, the same decision on
+    every rank); ``images_per_s`` is this rank's.
 
     Returns:
         mean ``loss``, ``loss_CEL``, ``loss_Tri`` over the epoch, ``lr`` (group 0, the original prints it),
@@ -28,15 +33,17 @@ def train_one_epoch(model, loader, criterion, optimizer, device, epoch: int, epo
             break
         imgs, labels = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         out = model(imgs)
-        n = len(out) - model.num_scales
+        n = len(out) - unwrap(model).num_scales
         loss, parts = criterion(out[:n], out[n:], labels)
-        if not math.isfinite(loss.item()):
-            raise ReidError(f"the loss is {loss.item()} at epoch {epoch}, step {step + 1}",
+        shown = all_reduce_mean(loss)  # alone: loss itself; torchrun: the global loss, on every rank
+        if not math.isfinite(shown.item()):
+            raise ReidError(f"the loss is {shown.item()} at epoch {epoch}, step {step + 1}",
                             fix="lower --lr, or check the data (an all-zero image batch?)")
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        stats = {"loss": loss.item(), "loss_CEL": float(parts["loss_CEL"]), "loss_Tri": float(parts["loss_Tri"])}
+        stats = average_scalars({"loss": loss.item(), "loss_CEL": float(parts["loss_CEL"]),
+                                 "loss_Tri": float(parts["loss_Tri"])})
         for k, v in stats.items():
             sums[k] += v
         steps += 1
