@@ -20,11 +20,14 @@ from common.data.samplers import mix_seed
 from common.data.transforms import build_transforms
 from common.datasets import build_dataset
 from common.datasets.base import Record
+from common.distributed import (DistributedBatchSampler, check_world_size, gather_rng_states, get_world_size,
+                                rank_seed, restore_rng_states, unwrap, wrap_ddp)
 from common.env import seed_everything
 from common.errors import ReidError
 from common.eval.report import results_table
 from common.run import Run
 from mprd.cluster import cluster_quality, distance_summary, pseudo_labels_with_core
+from mprd.ddp import TwoViews, check_ranks_agree, on_rank0, rank0_link_fn, sync_gcn
 from mprd.evaluate import evaluate_histogram, evaluate_model, extract
 from mprd.memory import ClusterMemory
 from mprd.model import MPRDNet
@@ -72,22 +75,30 @@ def build_optimizer(model, args):
 
 
 def epoch_loader(train: List[Record], idx2labels: np.ndarray, num_cluster: int, args, epoch: int):
-    """DataLoader of the clustered images with their pseudo-labels: ``iters`` batches of the original sampler."""
+    """DataLoader of the clustered images with their pseudo-labels: ``iters`` batches of the original sampler
+    (under torchrun: this rank's share of each)."""
     nidx = np.nonzero(idx2labels < num_cluster)[0]
     records = [(train[n].img_path, int(idx2labels[n]), train[n].camid) for n in nidx]
     sampler = RandomMultipleGallerySampler([r[1] for r in records], [r[2] for r in records], args.num_instances)
     iters = args.iters if not args.max_batches else min(args.iters, args.max_batches)
-    batches = IterBatchSampler(sampler, args.batch_size, iters, args.seed, epoch)
-    tf = build_transforms(args.height, args.width, is_train=True)
-    loader = DataLoader(ImageDataset(records, tf), batch_sampler=batches, num_workers=args.workers,
-                        worker_init_fn=EpochWorkerSeeder(args.seed, epoch) if args.workers > 0 else None,
+    batches = IterBatchSampler(sampler, args.batch_size, iters, args.seed, epoch)  # the global order everywhere
+    if get_world_size() > 1:  # torchrun: this rank's share, whole runs of K (pseudo-identities); mprd/ddp.py
+        batches = DistributedBatchSampler(batches, group_size=args.num_instances)
+    loader = DataLoader(ImageDataset(records, train_transform(args)), batch_sampler=batches, num_workers=args.workers,
+                        worker_init_fn=EpochWorkerSeeder(rank_seed(args.seed), epoch) if args.workers > 0 else None,
                         pin_memory=torch.cuda.is_available())
     return loader, nidx
 
 
+def train_transform(args):
+    """The original's training augmentation (flip 0.5, pad 10 + crop, erasing 0.5; the flags exist for tests)."""
+    return build_transforms(args.height, args.width, is_train=True, flip_p=args.flip_p, pad=args.pad,
+                            random_erase_p=args.random_erase)
+
+
 def partner_loader(train: List[Record], args):
     """Partner images for the alignment loss, loaded in the main process with the training augmentation."""
-    ds = ImageDataset(train, build_transforms(args.height, args.width, is_train=True))
+    ds = ImageDataset(train, train_transform(args))
     return lambda idx: torch.stack([ds[int(i)][0] for i in idx])
 
 
@@ -120,7 +131,8 @@ def train(args, run: Run, dataset=None) -> Dict:
     dataset = dataset or load_dataset(args)
     train_recs, hidden = unlabelled_train(dataset)
     n_train = len(train_recs)
-    model = build_model(args).to(run.device)
+    net = wrap_ddp(TwoViews(build_model(args).to(run.device)), run.device, sync_bn=args.sync_bn)
+    model = unwrap(net).model  # alone: net is TwoViews(model); torchrun: DDP (after the SyncBN conversion)
     optimizer, scheduler = build_optimizer(model, args)
     gcn = None
     if args.use_gcn:
@@ -136,19 +148,23 @@ def train(args, run: Run, dataset=None) -> Dict:
         prior, start, best = state["idx2labels"].numpy(), int(state["epoch"]), float(state.get("best_mAP", 0.0))
         if gcn is not None and "gcn" in state:
             gcn.load_state(state["gcn"])
-        set_rng_state(state["rng"])
+        if "rng_ranks" in state:  # written under torchrun: every rank's own state (the same world size needed)
+            restore_rng_states(state["rng_ranks"], what=f"checkpoint {ckpt}")
+        else:
+            check_world_size(state.get("world_size"), what=f"checkpoint {ckpt}")
+            set_rng_state(state["rng"])
         run.log(f"resumed from {ckpt} at epoch {start} ({int(state['num_cluster'])} clusters)")
     elif args.compare_histogram and not args.evaluate:
         rows.append((f"start {args.arch} / {args.dataset}", _eval(args, run, model, dataset, "start", 0)))
-        hist = evaluate_histogram(dataset, args)
+        hist = on_rank0(evaluate_histogram, dataset, args)
         run.write_results("histogram", hist)
         rows.append((f"colour histogram / {args.dataset}", hist))
     res = {}
     for epoch in range(start, args.epochs):
-        seed_everything(mix_seed(args.seed, epoch) % (2 ** 31))
-        feats = extract(model, train_recs, args, run.device, "train features")
-        idx2labels, num_cluster, centres, core = pseudo_labels_with_core(feats, args.eps, args.k1, args.k2,
-                                                                         args.min_samples)
+        seed_everything(rank_seed(mix_seed(args.seed, epoch) % (2 ** 31)) % (2 ** 31))  # rank 0: the plain seed
+        feats = extract(model, train_recs, args, run.device, "train features")  # torchrun: sharded, gathered
+        idx2labels, num_cluster, centres, core = on_rank0(pseudo_labels_with_core, feats, args.eps, args.k1,
+                                                          args.k2, args.min_samples)  # torchrun: broadcast
         quality = log_clustering(run, epoch, idx2labels, num_cluster, hidden, core)
         if num_cluster == 0:
             raise ReidError(f"epoch {epoch}: DBSCAN (eps {args.eps}) found no cluster among {n_train} images",
@@ -160,12 +176,15 @@ def train(args, run: Run, dataset=None) -> Dict:
         rng = np.random.RandomState(mix_seed(args.seed, epoch, 3) % (2 ** 32))
         st = EpochState(idx2labels, prior, bank, memory, nidx, partner_loader(train_recs, args), rng)
         link_fn = gcn.link_fn(bank) if gcn is not None else None
-        stats = train_epoch(model, optimizer, loader, st, run.device, args.temp, args.lamb, args.alpha,
+        if link_fn is not None and get_world_size() > 1:
+            link_fn = rank0_link_fn(link_fn)
+        stats = train_epoch(net, optimizer, loader, st, run.device, args.temp, args.lamb, args.alpha,
                             link_fn=link_fn, collect_gcn_pairs=gcn is not None, fix_fallback=args.fix_fallback,
                             print_freq=args.print_freq, log=run.log,
                             on_step=lambda s, v: run.log_metrics(epoch * args.iters + s, prefix="iter", **v))
         if gcn is not None:
-            gstats = gcn.reptile_epoch(stats.pop("pairs"), bank, rng)
+            gstats = gcn.reptile_epoch(stats.pop("pairs"), bank, rng)  # torchrun: on every rank, same pairs
+            sync_gcn(gcn)  # then rank 0's GCN everywhere (no-op alone)
             run.log(f"epoch {epoch}: GCN Reptile on {gstats['pairs']} pairs, loss {gstats['loss']:.3f}")
             run.log_metrics(epoch, prefix="gcn", **gstats)
             if not args.keep_gcn_updates:
@@ -177,10 +196,18 @@ def train(args, run: Run, dataset=None) -> Dict:
             res = _eval(args, run, model, dataset, f"epoch{epoch + 1}", epoch + 1)
             best = max(best, res["mAP"])
         prior = idx2labels
+        agree = check_ranks_agree({"pseudo-labels": [idx2labels], "memory": [memory.features], "bank": [bank],
+                                   "weights": [p for _, p in model.named_parameters()],
+                                   **({"gcn": list(gcn.gcn.parameters())} if gcn is not None else {})},
+                                  f"epoch {epoch}")
+        if agree:
+            run.log(agree)
         state = {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "idx2labels": torch.from_numpy(prior),
                  "num_cluster": num_cluster, "memory": memory.features.cpu(), "best_mAP": best,
                  "cluster": quality, "rng": rng_state()}
+        if get_world_size() > 1:
+            state["rng_ranks"] = gather_rng_states()  # collective: every rank, before rank 0 saves
         if gcn is not None:
             state["gcn"] = gcn.state()
         save_checkpoint(run.checkpoint_path, state, args=vars(args))

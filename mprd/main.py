@@ -69,6 +69,13 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--gcn-lr", dest="gcn_lr", type=float, default=0.02)
     g.add_argument("--reptile-batches", dest="reptile_batches", type=int, default=0,
                    help="cap the Reptile batches per epoch (0: all pairs, as the original)")
+    g = p.add_argument_group("augmentation (the original's; 0 turns one off, e.g. for exact comparisons)")
+    g.add_argument("--flip-p", dest="flip_p", type=float, default=0.5, help="horizontal flip probability")
+    g.add_argument("--pad", type=int, default=10, help="zero padding before the random crop")
+    g.add_argument("--random-erase", dest="random_erase", type=float, default=0.5, help="random erasing probability")
+    g = p.add_argument_group("torchrun")
+    g.add_argument("--sync-bn", dest="sync_bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the global batch (default: each rank's share)")
     g = p.add_argument_group("runs")
     g.add_argument("--init-weights", dest="init_weights", default="",
                    help="start the CNN from this state dict (e.g. mprd/warmstart.py on a disjoint synthetic split)")
@@ -102,7 +109,7 @@ def main(argv=None):
     args = resolve(get_parser().parse_args(argv))
     from mprd import engine
     backend = "cython" if IS_CYTHON_AVAILABLE and not args.no_cython else "numpy"
-    run = setup_run(args, engine.METHOD, extra_info={"evaluator_backend": backend})
+    run = setup_run(args, engine.METHOD, extra_info={"evaluator_backend": backend}, distributed=True)
     try:
         return engine.test(args, run) if args.evaluate else engine.train(args, run)
     finally:

@@ -1,11 +1,16 @@
 """One MPRD training epoch (spec §8): ``iters`` steps of L = L_c + L_KL, then the memory's hard update.
 
 Per step, for the batch (B images, global indices n_i, labels y_i):
-1. x = model(images) (B, D) unit-norm; hard pairs (P_i, N_i) per image (GCN-filtered with ``--use-gcn``);
-2. p~ = prototype mixing; L_c with the hard negatives' bank features; bank[n_i] <- x_i;
-3. partners (a random same-label image each, loaded with the training augmentation) -> f^ = model(partners);
-   R_q / R_p prototype tables; L_KL;
+1. hard pairs (P_i, N_i) per image (GCN-filtered with ``--use-gcn``); p~ = prototype mixing (random draws);
+   partners (a random same-label image each, loaded with the training augmentation);
+2. x = model(images), f^ = model(partners) (B, D) unit-norm, in one forward (:class:`mprd.ddp.TwoViews`);
+3. L_c with p~ and the hard negatives' bank features; bank[n_i] <- x_i; R_q / R_p prototype tables; L_KL;
 4. Adam step on L_c + L_KL; memory hard update with x; with ``--use-gcn`` two GCN training pairs per image.
+
+The random draws keep the order of the original loop (mixing, then partners, then GCN pairs), and nothing drawn in
+step 1 depends on x, so computing them before the forward changes no value. Under torchrun (mprd/ddp.py) steps 1,
+3 (the bank and tables) and 4 (memory, pairs) run on the gathered global batch on every rank; the two forwards and
+the loss means over the rank's share.
 """
 from __future__ import annotations
 
@@ -15,7 +20,9 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
+from common.distributed import average_scalars
 from common.meters import AverageMeter
+from mprd.ddp import gather_batch, share_slice
 from mprd.loss import contrastive_loss, relative_entropy, relative_prototypes
 from mprd.memory import ClusterMemory
 from mprd.mixing import HardPairs, mix_prototypes
@@ -67,7 +74,10 @@ def train_epoch(model, optimizer, loader, state: EpochState, device, temp: float
                 alpha: float = 0.2, kl_mix: float = 0.1, kl_temp: float = 0.05, link_fn: Optional[Callable] = None,
                 collect_gcn_pairs: bool = False, fix_fallback: bool = False, print_freq: int = 10,
                 log: Callable = print, on_step: Optional[Callable] = None, max_batches: int = 0) -> Dict:
-    """Train one epoch; returns mean ``loss``, ``loss_c``, ``loss_kl`` and, if asked, ``pairs`` (GCN pairs)."""
+    """Train one epoch; returns mean ``loss``, ``loss_c``, ``loss_kl`` and, if asked, ``pairs`` (GCN pairs).
+
+    ``model``: ``model(images, partners) -> (x, f^)``, i.e. :class:`mprd.ddp.TwoViews` (DDP-wrapped under torchrun);
+    ``loader`` yields this rank's share of each global batch (the whole batch alone)."""
     model.train()
     pairs_fn = HardPairs(state.idx2labels, state.prior, link_fn, fix_fallback)
     meters = {k: AverageMeter() for k in ("loss", "loss_c", "loss_kl")}
@@ -78,33 +88,39 @@ def train_epoch(model, optimizer, loader, state: EpochState, device, temp: float
         if max_batches and it >= max_batches:
             break
         images, labels = images.to(device), labels.to(device)
-        n = state.nidx[pos_in_list.numpy()]
-        x = model(images)
+        # torchrun: this rank holds a share of the global batch; every draw and every shared update below uses the
+        # global batch (n, y), in the single-process order (mprd/ddp.py); alone the share is the batch
+        n = state.nidx[gather_batch(pos_in_list.to(device)).cpu().numpy()]
+        y_all = gather_batch(labels)
+        mine = share_slice(len(n))
         hp = pairs_fn.batch(n)
         positives, negatives = [p for p, _, _ in hp], [q for _, q, _ in hp]
-        mixed, _ = mix_prototypes(memory.features, bank, labels.tolist(), positives, rng, alpha)
+        mixed, _ = mix_prototypes(memory.features, bank, y_all.tolist(), positives, rng, alpha)
         hard_negs = [bank[torch.as_tensor(q, dtype=torch.long)].clone() for q in negatives]
-        loss_c = contrastive_loss(x, labels, memory.features, mixed, hard_negs, temp, lamb)
-        bank[torch.as_tensor(n)] = x.detach()
         partners = [int(rng.choice(state.members[int(state.idx2labels[i])])) for i in n]
-        fhat = model(state.partner_loader(partners).to(device))
+        x, fhat = model(images, state.partner_loader(partners[mine]).to(device))
+        loss_c = contrastive_loss(x, labels, memory.features, mixed, hard_negs[mine], temp, lamb)
+        x_all, fhat_all = gather_batch(x), gather_batch(fhat)
+        bank[torch.as_tensor(n)] = x_all.detach()
         neg_labels = [state.idx2labels[q] for q in negatives]
-        table_q = relative_prototypes(memory.features, bank, x, labels.tolist(), positives, hard_negs, neg_labels,
+        y_list = y_all.tolist()
+        table_q = relative_prototypes(memory.features, bank, x_all, y_list, positives, hard_negs, neg_labels, kl_mix)
+        table_p = relative_prototypes(memory.features, bank, fhat_all, y_list, positives, hard_negs, neg_labels,
                                       kl_mix)
-        table_p = relative_prototypes(memory.features, bank, fhat, labels.tolist(), positives, hard_negs,
-                                      neg_labels, kl_mix)
         loss_kl = relative_entropy(x, fhat, table_q, table_p, kl_temp)
         loss = loss_c + loss_kl
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        memory.hard_update(x.detach(), labels)
+        memory.hard_update(x_all.detach(), y_all)
         if collect_gcn_pairs:
-            y = labels.cpu().numpy()
+            y = y_all.cpu().numpy()
             for i, (p, q) in zip(n, zip(positives, negatives)):
                 gcn_pairs += collect_pairs(int(i), p, q, n, y, bank, rng)
-        for k, v in (("loss", loss), ("loss_c", loss_c), ("loss_kl", loss_kl)):
-            meters[k].update(float(v.detach()), len(n))
+        shown = average_scalars({"loss": float(loss.detach()), "loss_c": float(loss_c.detach()),
+                                 "loss_kl": float(loss_kl.detach())})  # torchrun: the global batch's means
+        for k in ("loss", "loss_c", "loss_kl"):
+            meters[k].update(shown[k], len(n))
         if on_step is not None:
             on_step(it, {k: m.val for k, m in meters.items()})
         if print_freq and (it + 1) % print_freq == 0:
