@@ -33,6 +33,17 @@ from common.distributed import (all_gather_objects, broadcast_object, gather_wit
 from common.errors import ReidError
 
 
+def one_process_only(script: str) -> None:
+    """ReidError under torchrun for mprd's one-process helpers (GCN pre-training, eps scan, warm start), before any
+    folder exists; their outputs serve a torchrun training run as they are."""
+    import os
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        raise ReidError(f"{script} runs as one process (WORLD_SIZE={world}); only mprd/main.py runs under torchrun",
+                        fix=f"run python {script} ... without torchrun; its output (GCN weights, eps table, warm-start "
+                            "weights) is then used by torchrun ... mprd/main.py as it is")
+
+
 class TwoViews(nn.Module):
     """One forward for the batch and its partner images, so that DDP sees one forward per backward.
 

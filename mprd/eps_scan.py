@@ -69,6 +69,8 @@ def main(argv=None):
     from mprd.main import resolve
     from mprd import engine
     from mprd.evaluate import extract
+    from mprd.ddp import one_process_only
+    one_process_only("mprd/eps_scan.py")
     args = resolve(get_parser().parse_args(argv))
     grid = [float(x) for x in args.eps_grid.split(",") if x.strip()]
     run = setup_run(args, "mprd_eps")

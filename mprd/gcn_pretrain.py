@@ -111,6 +111,8 @@ def main(argv=None):
     from mprd.gcn.reptile import reptile_step
     from common.data.dataset import ImageDataset
     from common.data.transforms import build_transforms
+    from mprd.ddp import one_process_only
+    one_process_only("mprd/gcn_pretrain.py")
     args = resolve(get_parser().parse_args(argv))
     run = setup_run(args, "mprd_gcn")
     dataset = engine.load_dataset(args)

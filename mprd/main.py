@@ -8,6 +8,8 @@ Examples (the original README's commands, as written)::
     python mprd/main.py -b 64 -a resnet50 -d dukemtmcreid --iters 400 --momentum 0.1 --eps 0.6 --num-instances 16 --use-hard
     python mprd/main.py -b 64 -a resnet50 -d MSMT17 --iters 400 --momentum 0.1 --eps 0.7 --num-instances 16 --use-hard
     python mprd/main.py -d synthetic -a resnet18 --no-pretrained --height 128 --width 64      # CPU smoke run
+    torchrun --nproc_per_node 4 mprd/main.py -b 64 -a resnet50 -d market1501 --iters 400 --momentum 0.1 --eps 0.4 \
+        --num-instances 16 --use-hard --sync-bn        # DDP: -b is the global batch (mprd/ddp.py, README)
 
 ``--use-gcn`` needs a GCN checkpoint from ``python mprd/gcn_pretrain.py`` (``--gcn-checkpoint``; the original's
 pre-trained weights cannot be downloaded). ``--use-hard`` is accepted and, as in the original, changes nothing: the

@@ -39,6 +39,8 @@ def get_parser():
 
 
 def main(argv=None):
+    from mprd.ddp import one_process_only
+    one_process_only("mprd/warmstart.py")
     args = resolve_common(get_parser().parse_args(argv))
     args.dataset = canonical_name(args.dataset)
     args.init_weights, args.combine_all = "", getattr(args, "combine_all", False)

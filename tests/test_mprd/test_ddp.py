@@ -12,7 +12,8 @@ Each case runs the real script in a subprocess on a tiny synthetic set (20 train
 * resuming that 2-process checkpoint alone is a clear error (exit 2, both world sizes named);
 * rank 1 writes nothing: one log, one TensorBoard file, no repeated log or metrics line;
 * ``--evaluate`` under torchrun (sharded extraction, rank 0 scores) gives the single-process figures;
-* ``--use-gcn``: the GCN is bitwise the same on both ranks after the link filter and the Reptile update.
+* ``--use-gcn``: the GCN is bitwise the same on both ranks after the link filter and the Reptile update;
+  ``gcn_pretrain.py`` (one process only) refuses torchrun with a clear message.
 """
 import glob
 import json
@@ -197,6 +198,15 @@ class TestTwoProcesses(unittest.TestCase):
 
 
 class TestGcn(unittest.TestCase):
+    def test_gcn_pretraining_refuses_torchrun(self):
+        with tempfile.TemporaryDirectory(dir=WORK) as exp:
+            env = dict(clean_env(), WORLD_SIZE="2", RANK="0", LOCAL_RANK="0")  # what torchrun sets, without its start-up
+            p = subprocess.run(launch_command(os.path.join(ROOT, "mprd", "gcn_pretrain.py"), mprd_args(exp)),
+                               cwd=WORK, env=env, capture_output=True, text=True, timeout=600)
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn("mprd/gcn_pretrain.py runs as one process (WORLD_SIZE=2)", p.stderr)
+            self.assertEqual(os.listdir(exp), [])  # stopped before any folder
+
     def test_gcn_identical_on_every_rank(self):
         """``--use-gcn`` (a small pre-trained GCN, Reptile kept across epochs): the link filter and the Reptile
         update leave bitwise the same GCN on both ranks (the run's own per-epoch check), and Reptile moved it.
