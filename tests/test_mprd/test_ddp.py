@@ -200,7 +200,7 @@ class TestTwoProcesses(unittest.TestCase):
 class TestGcn(unittest.TestCase):
     def test_gcn_pretraining_refuses_torchrun(self):
         with tempfile.TemporaryDirectory(dir=WORK) as exp:
-            env = dict(clean_env(), WORLD_SIZE="2", RANK="0", LOCAL_RANK="0")  # what torchrun sets, without its start-up
+            env = dict(clean_env(), WORLD_SIZE="2", RANK="0", LOCAL_RANK="0")  # as torchrun sets, without its start
             p = subprocess.run(launch_command(os.path.join(ROOT, "mprd", "gcn_pretrain.py"), mprd_args(exp)),
                                cwd=WORK, env=env, capture_output=True, text=True, timeout=600)
             self.assertNotEqual(p.returncode, 0)
