@@ -5,6 +5,9 @@ flip (p 0.5) -> ToTensor -> ImageNet Normalize -> RandomErasing (p 0.5, filled w
 in normalised space, the torchreid quirk). Test: resize, ToTensor, Normalize.
 Texture: resized to (height, 2 x width) when its size differs (the release requires files of that size), ToTensor,
 Normalize(0.5, 0.5) -> [-1, 1]; never flipped or cropped, as in the release (spec §10b-7).
+Under torchrun every rank builds the same global sampler (base ``--seed``) and takes its contiguous share of each
+global batch (:class:`common.distributed.DistributedBatchSampler`: P / W whole identities); the augmentation is the
+rank's own (``rank_seed``). ``--train-batch-size`` stays the global batch.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 import torchvision.transforms as T
-from torch.utils.data import RandomSampler
+from torch.utils.data import BatchSampler, RandomSampler
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
@@ -21,6 +24,7 @@ from common.data.loaders import EpochDataLoader, EpochWorkerSeeder
 from common.data.samplers import RandomIdentitySampler
 from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomErasing
 from common.datasets.base import Record
+from common.distributed import DistributedBatchSampler, get_rank, get_world_size, rank_seed
 
 
 class Random2DTranslation:
@@ -40,11 +44,12 @@ class Random2DTranslation:
         return TF.crop(img, top, left, self.height, self.width)
 
 
-def build_image_transform(height: int, width: int, is_train: bool, random_erase: float = 0.5) -> T.Compose:
+def build_image_transform(height: int, width: int, is_train: bool, random_erase: float = 0.5,
+                          translate_p: float = 0.5, flip_p: float = 0.5) -> T.Compose:
     norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if not is_train:
         return T.Compose([T.Resize((height, width), interpolation=InterpolationMode.BILINEAR)] + norm)
-    steps = [Random2DTranslation(height, width), T.RandomHorizontalFlip()] + norm
+    steps = [Random2DTranslation(height, width, translate_p), T.RandomHorizontalFlip(flip_p)] + norm
     if random_erase > 0:
         steps.append(RandomErasing(probability=random_erase, mean=IMAGENET_MEAN))
     return T.Compose(steps)
@@ -84,17 +89,37 @@ class PairedDataset:
 
 def build_san_train_loader(records: Sequence[Record], texture_paths: Optional[Sequence[str]], height: int,
                            width: int, batch_size: int, num_instances: int = 4, identity_sampler: bool = True,
-                           workers: int = 4, seed: int = 0, random_erase: float = 0.5) -> EpochDataLoader:
+                           workers: int = 4, seed: int = 0, random_erase: float = 0.5, translate_p: float = 0.5,
+                           flip_p: float = 0.5, rank: Optional[int] = None,
+                           world_size: Optional[int] = None) -> EpochDataLoader:
     """P x K (``identity_sampler``; the README command's RandomIdentitySampler) or shuffled batches, drop_last.
 
+    ``translate_p`` / ``flip_p``: probabilities of the random translation and flip (0.5 in the release).
+    Under torchrun: this rank's share of every global batch (``rank`` / ``world_size`` default to this process's;
+    others build another rank's loader, e.g. in a test).
     Returns:
-        an :class:`EpochDataLoader` (call ``set_epoch``) of (imgs, pids, camids, indices, textures) batches.
+        an :class:`EpochDataLoader` (call ``set_epoch``) of (imgs, pids, camids, indices, textures) batches of
+        ``batch_size`` images alone, ``batch_size / W`` on each of W ranks.
     """
-    ds = PairedDataset(records, texture_paths, build_image_transform(height, width, True, random_erase),
+    ds = PairedDataset(records, texture_paths,
+                       build_image_transform(height, width, True, random_erase, translate_p, flip_p),
                        (height, 2 * width))
     gen = torch.Generator()
     sampler = (RandomIdentitySampler(records, batch_size, num_instances, seed=seed) if identity_sampler
                else RandomSampler(ds, generator=gen))
-    return EpochDataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
-                           pin_memory=torch.cuda.is_available(), generator=gen,
-                           worker_init_fn=EpochWorkerSeeder(seed) if workers > 0 else None, seed=seed)
+    world = get_world_size() if world_size is None else int(world_size)
+    rank = get_rank() if rank is None else int(rank)
+    if world == 1:  # one process: exactly as before torchrun support
+        return EpochDataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
+                               pin_memory=torch.cuda.is_available(), generator=gen,
+                               worker_init_fn=EpochWorkerSeeder(seed) if workers > 0 else None, seed=seed)
+    # the loader generator (seeded from the un-ranked seed each epoch) drives the shuffle: the same on every rank;
+    # the workers' augmentation seeds are the rank's own
+    share = DistributedBatchSampler(BatchSampler(sampler, batch_size, drop_last=True),
+                                    num_instances if identity_sampler else 1,
+                                    pids=[r.pid for r in records] if identity_sampler else None,
+                                    rank=rank, world_size=world)
+    return EpochDataLoader(ds, batch_sampler=share, num_workers=workers, pin_memory=torch.cuda.is_available(),
+                           generator=gen,
+                           worker_init_fn=EpochWorkerSeeder(rank_seed(seed, rank)) if workers > 0 else None,
+                           seed=seed)

@@ -7,6 +7,10 @@ Adam and decoder Adam (``--dec-lr`` 1e-5, beta1 0.5) run throughout with one sta
 (``<run>/checkpoint.pth``, atomic) holds encoder, decoder, all optimiser and scheduler states, the phase, the epoch
 and the RNG states, so a resumed run (``--resume auto`` or a path; automatic when the run folder has one) continues
 exactly: no warm-up re-run, no dropped decoder.
+
+Under torchrun (``san/ddp.py``): rank 0's weights on every rank, optional ``--sync-bn``, each rank its share of the
+global P x K batch, gradients averaged over ranks; the checkpoint also holds every rank's RNG state
+(``rng_ranks``) and the world size, so a resume needs the same number of processes. Evaluation is sharded.
 """
 from __future__ import annotations
 
@@ -17,11 +21,14 @@ import torch
 
 from common.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from common.datasets import build_dataset
-from common.errors import ReidError
+from common.distributed import (broadcast_object, check_world_size, gather_rng_states, get_world_size,
+                                is_main, restore_rng_states)
+from common.errors import PeerError, ReidError
 from common.eval.rank import IS_CYTHON_AVAILABLE
 from common.eval.report import results_table
 from common.run import Run, setup_run
 from san.data import build_san_train_loader
+from san.ddp import prepare_models, sync_buffers
 from san.decoder import SADecoder
 from san.evaluate import evaluate_histogram, evaluate_model, visualize_ranks
 from san.loss import ReidCriterion
@@ -34,7 +41,7 @@ METHOD = "san"
 
 def setup(args) -> Run:
     backend = "cython" if IS_CYTHON_AVAILABLE and not args.no_cython else "numpy"
-    return setup_run(args, METHOD, extra_info={"evaluator_backend": backend})
+    return setup_run(args, METHOD, extra_info={"evaluator_backend": backend}, distributed=True)
 
 
 def load_dataset(args, key: str, verbose: bool = True):
@@ -48,8 +55,27 @@ def load_dataset(args, key: str, verbose: bool = True):
             kwargs["num_ids"] = args.synthetic_ids
         if args.synthetic_seed is not None:
             kwargs["seed"] = args.synthetic_seed
-    return build_dataset(key, args.data_dir, combine_all=args.combine_all and key == args.dataset, verbose=verbose,
-                         **kwargs)
+    def build():
+        return build_dataset(key, args.data_dir, combine_all=args.combine_all and key == args.dataset,
+                             verbose=verbose and is_main(), **kwargs)
+    if get_world_size() == 1:
+        return build()
+    # torchrun (collective): rank 0 first (it may generate the synthetic data, and prints the table), then the rest
+    if not is_main():
+        failure = broadcast_object(None)
+        if failure is not None:
+            raise PeerError(*failure)
+        return build()
+    try:
+        ds = build()
+    except ReidError as e:
+        broadcast_object((e.what, e.fix, e.where))
+        raise
+    except BaseException as e:
+        broadcast_object((f"rank 0 failed to load {key} ({type(e).__name__}: {e})", "", ""))
+        raise
+    broadcast_object(None)
+    return ds
 
 
 def build_models(args, num_classes: int, device, pretrained: bool = None) -> Tuple[SAEncoder, SADecoder]:
@@ -107,11 +133,20 @@ def evaluate_all(args, run: Run, enc, label: str, datasets: Dict) -> List[Tuple[
 
 
 def resume_file(args, run: Run) -> str:
+    """The checkpoint to resume from ('' for none); under torchrun rank 0's answer on every rank."""
     if args.resume and args.resume != "auto":
         return args.resume
-    if (args.resume == "auto" or args.auto_resume) and os.path.isfile(run.checkpoint_path):
-        return run.checkpoint_path
-    return ""
+    found = (args.resume == "auto" or args.auto_resume) and os.path.isfile(run.checkpoint_path)
+    return run.checkpoint_path if broadcast_object(found if run.is_main else None) else ""
+
+
+def restore_rng(state: Dict, what: str) -> None:
+    """Every rank's own random state (a torchrun checkpoint), or the single process's (same world size needed)."""
+    if "rng_ranks" in state:
+        restore_rng_states(state["rng_ranks"], what=what)
+    else:
+        check_world_size(state.get("world_size"), what=what)
+        set_rng_state(state["rng"])
 
 
 def train(args, run: Run) -> Dict:
@@ -120,8 +155,9 @@ def train(args, run: Run) -> Dict:
     textures = train_textures(args, dataset)
     loader = build_san_train_loader(dataset.train, textures, args.height, args.width, args.batch_size,
                                     args.num_instances, args.train_sampler == "RandomIdentitySampler",
-                                    args.workers, args.seed, args.random_erase)
+                                    args.workers, args.seed, args.random_erase, args.translate_p, args.flip_p)
     enc, dec = build_models(args, dataset.num_train_pids, run.device)
+    enc, dec = prepare_models([enc, dec], run.device, sync_bn=args.sync_bn)  # torchrun: SyncBN, rank 0's weights
     criterion = ReidCriterion(dataset.num_train_pids, epsilon=0.1 if args.label_smooth else 0.0, margin=args.margin,
                               lambda_xent=args.lambda_xent, lambda_htri=args.lambda_htri, htri_only=args.htri_only)
     opt_enc = torch.optim.Adam(enc.parameters(), lr=args.dec_lr, betas=(args.dec_beta1, 0.999))
@@ -142,7 +178,7 @@ def train(args, run: Run) -> Dict:
         sched.load_state_dict(state["sched_reid"])
         opt_enc.load_state_dict(state["opt_enc"])
         opt_dec.load_state_dict(state["opt_dec"])
-        set_rng_state(state["rng"])
+        restore_rng(state, what=f"checkpoint {ckpt}")
         phase = "warm-up" if start < args.warm_up_epoch else "main"
         run.log(f"resumed from {ckpt} at epoch {start} of {total} ({phase})")
     elif args.compare_histogram:
@@ -168,13 +204,15 @@ def train(args, run: Run) -> Dict:
         stats = train_one_epoch(step, loader, run.device, epoch, args.max_batches, args.print_freq, run.log,
                                 args.progress, on_step=lambda it, p: run.log_metrics(it, "train", **p))
         sched.step()
+        sync_buffers(enc, dec)  # torchrun: rank 0's BN statistics everywhere (what it saves; for the sharded test)
         run.log(f"epoch {epoch + 1}/{total} " + " ".join(f"{k} {v:.4g}" for k, v in stats.items()))
         run.log_metrics(epoch + 1, "epoch", **stats)
-        save_checkpoint(run.checkpoint_path, {
-            "encoder": enc.state_dict(), "decoder": dec.state_dict(), "opt_reid": opt_reid.state_dict(),
-            "sched_reid": sched.state_dict(), "opt_enc": opt_enc.state_dict(), "opt_dec": opt_dec.state_dict(),
-            "epoch": epoch + 1, "rng": rng_state(), "arch": args.arch, "num_classes": dataset.num_train_pids},
-            args=vars(args))
+        state = {"encoder": enc.state_dict(), "decoder": dec.state_dict(), "opt_reid": opt_reid.state_dict(),
+                 "sched_reid": sched.state_dict(), "opt_enc": opt_enc.state_dict(), "opt_dec": opt_dec.state_dict(),
+                 "epoch": epoch + 1, "rng": rng_state(), "arch": args.arch, "num_classes": dataset.num_train_pids}
+        if run.world_size > 1:
+            state["rng_ranks"] = gather_rng_states()  # collective: every rank, before rank 0 saves
+        save_checkpoint(run.checkpoint_path, state, args=vars(args))
         main_epoch = epoch - args.warm_up_epoch
         if main_epoch >= 0 and should_eval(args, main_epoch):
             r = evaluate_all(args, run, enc, f"trained {args.arch}", datasets)

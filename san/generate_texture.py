@@ -102,6 +102,10 @@ def generate(enc, dec, h, w, sources, targets, device, batch_size=64):
 def main(argv=None):
     from common.env import select_device
     args = get_parser().parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:  # every process would write every texture file
+        raise ReidError(f"generate_texture.py runs as one process (WORLD_SIZE={world})",
+                        fix="run it without torchrun: python san/generate_texture.py ...")
     device = select_device(args.device)
     enc, dec, h, w = load_pg(args.model, device)
     dataset = None

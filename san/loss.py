@@ -14,6 +14,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from common.distributed import gather_with_grad
 from common.errors import ReidError
 
 TR_MARGIN = 0.3  # hard-coded in the release (it does not read --margin)
@@ -139,6 +140,8 @@ class ReidCriterion(nn.Module):
     """L_reid = lambda_xent * CE_ls(logits) + lambda_htri * triplet(v); ``htri_only`` drops CE.
 
     Shapes: forward(logits (B, N), v (B, D), pids (B,)) -> (loss, parts dict of floats).
+    Under torchrun (B = this rank's share) the triplet is taken on the global batch (``gather_with_grad`` of v and
+    pids, see ``san/ddp.py``), CE on the share (a per-sample mean); ``acc`` is the share's.
     """
 
     def __init__(self, num_classes: int, epsilon: float = 0.1, margin: float = 0.3, lambda_xent: float = 1.0,
@@ -149,7 +152,7 @@ class ReidCriterion(nn.Module):
         self.lambda_xent, self.lambda_htri, self.htri_only = lambda_xent, lambda_htri, htri_only
 
     def forward(self, logits, v, pids) -> Tuple[torch.Tensor, Dict[str, float]]:
-        tri, d_ap, d_an = self.htri(v, pids)
+        tri, d_ap, d_an = self.htri(gather_with_grad(v), gather_with_grad(pids))  # alone: (v, pids)
         parts = {"htri": tri.item(), "acc": (logits.argmax(1) == pids).float().mean().item()}
         loss = self.lambda_htri * tri
         if not self.htri_only:

@@ -15,6 +15,9 @@ synthetic data (oracle textures)::
         --train-batch-size 16 --warm-up-epoch 2 --max-epoch 10 --stepsize 4 8 --texture-source true
 
 Ablations: ``--baseline`` (L_ID + L_Triplet only), ``--no-tr-loss`` (SAN-basic: + L_Rec), default (SAN: + L_TR).
+
+Several GPUs: ``torchrun --nproc_per_node N san/main.py ...`` (``--train-batch-size`` stays the global batch; its
+identities split across the ranks; ``--sync-bn`` optional; see ``san/ddp.py`` and the README).
 """
 from __future__ import annotations
 
@@ -104,6 +107,16 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--dec-lr", dest="dec_lr", type=float, default=1e-5, help="encoder / decoder Adam lr")
     g.add_argument("--dec-beta1", dest="dec_beta1", type=float, default=0.5)
     g.add_argument("--random-erase", dest="random_erase", type=float, default=0.5)
+    g.add_argument("--translate-p", dest="translate_p", type=float, default=0.5,
+                   help="probability of Random2DTranslation (hard-coded 0.5 in the release)")
+    g.add_argument("--flip-p", dest="flip_p", type=float, default=0.5,
+                   help="probability of the horizontal flip (hard-coded 0.5 in the release)")
+    g.add_argument("--float64", action="store_true",
+                   help="train and test in double precision (slow): float32 rounding is amplified by SAN's Adam "
+                        "steps, so the torchrun test compares one and two processes in float64")
+    g.add_argument("--sync-bn", dest="sync_bn", action="store_true",
+                   help="torchrun: BatchNorm statistics over the global batch (nn.SyncBatchNorm on CUDA, "
+                        "common.distributed.CPUSyncBatchNorm on the CPU); no effect in one process")
     g.add_argument("--auto-resume", dest="auto_resume", action=argparse.BooleanOptionalAction, default=True,
                    help="resume from the run folder's checkpoint when one exists")
     g.add_argument("--compare-histogram", dest="compare_histogram", action="store_true",
@@ -131,6 +144,16 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.train_sampler == "RandomIdentitySampler" and args.batch_size % args.num_instances:
         raise ReidError(f"--train-batch-size {args.batch_size} is not a multiple of --num-instances "
                         f"{args.num_instances}", fix="pick a batch of P x K images")
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    group = args.num_instances if args.train_sampler == "RandomIdentitySampler" else 1
+    if world > 1 and not args.evaluate and (args.batch_size // group) % world:
+        raise ReidError(f"--train-batch-size {args.batch_size} cannot be split into {world} equal shares of whole "
+                        f"groups of {group} ({args.batch_size // group} groups for {world} processes)",
+                        fix=f"make --train-batch-size / --num-instances a multiple of --nproc_per_node {world}")
+    for name in ("translate_p", "flip_p"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ReidError(f"--{name.replace('_', '-')} {getattr(args, name)} is not a probability",
+                            fix="pass a value in [0, 1]")
     if args.height % 16 or args.width % 16:
         raise ReidError(f"--height {args.height} / --width {args.width}: SA-Dec needs multiples of 16",
                         fix="e.g. 256 x 128, 128 x 64 or 64 x 32")
@@ -146,12 +169,19 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 def main(argv=None) -> dict:
     """Parse ``argv``; train (default) or ``--evaluate``. Returns {row label: results}."""
     args = resolve_args(get_parser().parse_args(argv))
+    import torch
+    from common.distributed import destroy_distributed
     from san import engine
-    run = engine.setup(args)
+    if args.float64:  # models are built in the default dtype; batches are cast to it (san/trainer.py, evaluate.py)
+        torch.set_default_dtype(torch.float64)
     try:
-        return engine.test(args, run) if args.evaluate else engine.train(args, run)
+        run = engine.setup(args)
+        try:
+            return engine.test(args, run) if args.evaluate else engine.train(args, run)
+        finally:
+            run.close()
     finally:
-        run.close()
+        destroy_distributed()  # torchrun: leave the process group (a no-op alone)
 
 
 if __name__ == "__main__":

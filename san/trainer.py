@@ -16,6 +16,10 @@ now stale, forward graph and steps an encoder Adam and the decoder Adam; PyTorch
 Difference from the release: its decoder gradient was computed with activations of the pre-step weights but
 backpropagated through the post-step conv weights (an accident of old autograd); ours is the exact gradient at
 the pre-step weights, so both updates are evaluated at the same point (a simultaneous, not sequential, update).
+
+Under torchrun (``san/ddp.py``): rank 0's buffers are broadcast before the forward, L_TR and the triplet run on
+the gathered global batch, and both gradient lists are averaged over the ranks before any step; the logged parts
+are the means over ranks (the global batch's values).
 """
 from __future__ import annotations
 
@@ -25,7 +29,9 @@ from typing import Callable, Dict, List, Optional
 import torch
 from tqdm import tqdm
 
+from common.distributed import average_scalars, gather_with_grad
 from common.meters import MeterDict
+from san.ddp import average_gradients, sync_buffers
 from san.loss import ReidCriterion, reconstruction_loss, triplet_reconstruction_loss
 
 
@@ -64,6 +70,7 @@ class SANStep:
         dec = dec and self.uses_decoder
         self.encoder.train()
         self.decoder.train()
+        sync_buffers(self.encoder, self.decoder)  # torchrun: rank 0's BN statistics (DDP's broadcast_buffers)
         logits, v, f, x1, x2, x3 = self.encoder(imgs)
         enc_params = [p for p in self.encoder.parameters() if p.requires_grad]
         dec_params = [p for p in self.decoder.parameters() if p.requires_grad]
@@ -78,14 +85,17 @@ class SANStep:
                 loss_dec = loss_dec + self.lambda_rec * rec
                 parts["rec"] = rec.item()
             if self.use_tr:
-                tr = triplet_reconstruction_loss(x_sims, pids, self.k)
+                # the fixed-index triplets cross identity groups (and ranks): on the global batch under torchrun
+                tr = triplet_reconstruction_loss([gather_with_grad(x) for x in x_sims], gather_with_grad(pids),
+                                                 self.k)
                 loss_dec = loss_dec + self.lambda_tr * tr
                 parts["tr"] = tr.item()
             parts["loss_dec"] = loss_dec.item()
         if reid:
-            g_reid = torch.autograd.grad(loss_reid, enc_params, retain_graph=dec, allow_unused=True)
+            g_reid = average_gradients(torch.autograd.grad(loss_reid, enc_params, retain_graph=dec,
+                                                           allow_unused=True))
         if dec:
-            g_dec = torch.autograd.grad(loss_dec, enc_params + dec_params, allow_unused=True)
+            g_dec = average_gradients(torch.autograd.grad(loss_dec, enc_params + dec_params, allow_unused=True))
         if reid:
             _assign(enc_params, g_reid)
             self.opt_reid.step()
@@ -114,7 +124,7 @@ def train_one_epoch(step: SANStep, loader, device: torch.device, epoch: int, max
         max_batches: stop after this many batches (0 = whole epoch).
         on_step: called with (global iteration, parts) after each step.
     Returns:
-        epoch averages of the parts, plus images/s and the re-ID lr.
+        epoch averages of the parts, plus images/s (this rank's) and the re-ID lr.
     """
     meters = MeterDict()
     total = len(loader) if not max_batches else min(max_batches, len(loader))
@@ -123,9 +133,10 @@ def train_one_epoch(step: SANStep, loader, device: torch.device, epoch: int, max
     for i, batch in enumerate(loader):
         if max_batches and i >= max_batches:
             break
-        imgs, pids = batch[0].to(device), batch[1].to(device)
-        textures = batch[4].to(device) if step.uses_decoder else None
-        parts = step(imgs, pids, textures)
+        dtype = torch.get_default_dtype()  # float32 (the loader's), or float64 with --float64
+        imgs, pids = batch[0].to(device, dtype), batch[1].to(device)
+        textures = batch[4].to(device, dtype) if step.uses_decoder else None
+        parts = average_scalars(step(imgs, pids, textures))  # torchrun: the global batch's values
         meters.update(n=imgs.size(0), **parts)
         seen += imgs.size(0)
         bar.update(1)
