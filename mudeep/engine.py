@@ -33,7 +33,7 @@ from common.data.samplers import mix_seed
 from common.datasets import build_dataset
 from common.distributed import (broadcast_module, broadcast_object, check_world_size, gather_rng_states, is_main,
                                 rank_seed, restore_rng_states, unwrap, wrap_ddp)
-from common.errors import ReidError
+from common.errors import PeerError, ReidError
 from common.eval.rank import IS_CYTHON_AVAILABLE
 from common.eval.report import results_table
 from common.run import Run, setup_run
@@ -48,6 +48,15 @@ METHOD = "mudeep"
 
 
 def setup(args) -> Run:
+    """The run (torchrun: joins the process group). A P that the processes cannot share stops every rank before
+    any folder exists (rank 0 prints the message)."""
+    if not args.evaluate:
+        try:
+            check_identities_per_rank(args, int(os.environ.get("WORLD_SIZE", "1") or 1))
+        except ReidError as e:
+            if int(os.environ.get("RANK", "0") or 0):
+                raise PeerError(e.what, e.fix, e.where) from e
+            raise
     backend = "cython" if IS_CYTHON_AVAILABLE and not args.no_cython else "numpy"
     return setup_run(args, METHOD, extra_info={"evaluator_backend": backend}, distributed=True)
 
@@ -190,7 +199,6 @@ def train(args, run: Run) -> Dict[str, Dict]:
         raise ReidError(f"--NUM_CLASS {args.num_class} but the training set has {num_classes} identities",
                         fix=f"pass --NUM_CLASS {num_classes} or leave it out")
     datasets = {args.dataset: train_set} if not (args.train_root or args.combine_all) else {}
-    check_identities_per_rank(args, run.world_size)
     loader = build_train_loader(train_set.train, args)
     short = loader.identity_sampler.num_short
     if short:

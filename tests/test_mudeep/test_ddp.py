@@ -7,7 +7,8 @@ Each end-to-end case runs the real script in a subprocess on tiny synthetic data
   per rank), 4 SGD steps: parameters agree to 1e-5 and BN statistics to 1e-5 relative, while the last 2 steps
   moved the weights by ~1e-3 (measured: 1.2e-7 / 1.9e-6 relative; the triplet on the local share instead of the
   gathered batch gives 1.3e-3, per-rank sampler seeds 3.8e-3); sharded evaluation gives the same mAP;
-* the ranks' loaders (built here for ``world_size=2``): the shares concatenate to the one-process batches;
+* the ranks' loaders (built here for ``world_size=2``): the shares concatenate to the one-process batches; a P
+  the 2 ranks cannot share stops with one message before any folder exists;
 * a 2-process run SIGKILLed after its first checkpoint and resumed with 2 processes ends with the weights of an
   uninterrupted 2-process run (augmentation and dropout on);
 * resuming that 2-process checkpoint alone is a clear error (exit 2, both world sizes named, nothing trained);
@@ -17,6 +18,7 @@ Each end-to-end case runs the real script in a subprocess on tiny synthetic data
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -158,6 +160,17 @@ class TestBatchShares(unittest.TestCase):
                     self.assertEqual(len(share[1]), 8)
                     self.assertEqual(len(set(share[1][:4])), 1)
                     self.assertEqual(len(set(share[1][4:])), 1)
+
+
+    def test_a_batch_the_ranks_cannot_share_stops_before_any_folder(self):
+        with tempfile.TemporaryDirectory(dir=WORK) as exp:
+            p = run(2, mudeep_args(exp, "--P", "3", "--epochs", "1", "--max-batches", "1"))
+            self.assertNotEqual(p.returncode, 0)
+            self.assertEqual(p.stderr.count("error: --P 3 identities per batch cannot be shared by 2 processes"), 1)
+            self.assertIn("multiple of --nproc_per_node 2", p.stderr)
+            self.assertRegex(p.stderr, r"exitcode\s*: 2 ")  # the worker exits 2; the other may be stopped first
+            self.assertNotIn("mudeep/engine.py", p.stderr)  # (torchrun's agent prints its own ChildFailedError)
+            self.assertFalse(os.path.exists(os.path.join(exp, "mudeep")))
 
 
 class TestResumeFolderEvaluate(unittest.TestCase):
