@@ -125,7 +125,8 @@ def extract_features_sharded(model: torch.nn.Module, items, make_loader: Callabl
     ``items`` (whole test batches, so every batch is a single-process batch and the features are bit-identical);
     :func:`common.distributed.gather_features` then gives every rank all N rows in order, ``indices`` being
     positions in ``items``. Alone: exactly ``extract_features(model, make_loader(items), device, **kwargs)``.
-    Every rank must call it (collective). Pass the plain model (``common.distributed.unwrap``), not the DDP
+    Every rank must call it (collective). Rank 0's weights and buffers are first copied into ``model`` on every
+    rank (BN running statistics drift apart per rank during DDP training). Pass the plain model (``common.distributed.unwrap``), not the DDP
     wrapper, whose forward would synchronise buffers across ranks with unequal batch counts.
 
     Args:
@@ -139,17 +140,24 @@ def extract_features_sharded(model: torch.nn.Module, items, make_loader: Callabl
     Returns:
         :class:`Features` of all ``len(items)`` images, on every rank.
     """
-    from common.distributed import all_gather_objects, gather_features, is_distributed, shard_range
+    from common.distributed import all_gather_objects, broadcast_module, gather_features, is_distributed, shard_range
     if not is_distributed():
         return extract_features(model, make_loader(items), device, **kwargs)
+    if isinstance(model, torch.nn.Module):
+        # rank 0's weights and buffers on every rank: after the last training forward each rank's BN running
+        # statistics hold its own share of the batch, so without this the shards would come from different models
+        broadcast_module(model)
     part = shard_range(len(items), align=batch_size)
     local = None
     if len(part):
         local = extract_features(model, make_loader(items[part.start:part.stop]), device, **kwargs)
-    tails = [t for t in all_gather_objects(None if local is None else tuple(local.feats.shape[1:])) if t is not None]
+    meta = None if local is None else (tuple(local.feats.shape[1:]), str(local.feats.dtype).replace("torch.", ""))
+    tails = [t for t in all_gather_objects(meta) if t is not None]
     if not tails:
         raise ValueError(f"extract_features_sharded({kwargs.get('desc', 'extract')!r}): empty image list")
-    if local is None:  # more ranks than batches: this rank contributes no rows
+    if local is None:  # more ranks than batches: this rank contributes no rows (same row shape and dtype)
         empty = np.zeros(0, dtype=np.int64)
-        local = Features(torch.zeros((0,) + tuple(tails[0])), empty, empty.copy(), empty.copy())
+        shape, dtype = tails[0]
+        local = Features(torch.zeros((0,) + tuple(shape), dtype=getattr(torch, dtype)), empty, empty.copy(),
+                         empty.copy())
     return gather_features(local)

@@ -133,13 +133,23 @@ def list_loader(items, batch_size=4):
     return DataLoader([(*item, i) for i, item in enumerate(items)], batch_size=batch_size)
 
 
-def sharded(n=13, batch_size=4):
+def sharded(n=13, batch_size=4, bn_shift=0.0, default_dtype=None):
     """extract_features_sharded over n test images, flip-averaged and normalised (alone: one loader; 13 on 2
-    ranks: 8 + 5 images)."""
+    ranks: 8 + 5 images). ``bn_shift`` is added to the model's BN running means first; ``default_dtype`` is torch's
+    default dtype during the extraction (the model and images stay float32)."""
     data = make_test_images(n)
     items = [data[i][:3] for i in range(n)]
-    return extract_features_sharded(extract_model(), items, lambda sub: list_loader(sub, batch_size), "cpu",
-                                    batch_size, flip=True, normalize=True, progress=False)
+    model = extract_model()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean += bn_shift
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(default_dtype or before)
+    try:
+        return extract_features_sharded(model, items, lambda sub: list_loader(sub, batch_size), "cpu",
+                                        batch_size, flip=True, normalize=True, progress=False)
+    finally:
+        torch.set_default_dtype(before)
 
 
 def worker(out_dir):
@@ -161,6 +171,10 @@ def worker(out_dir):
     for name, (n, batch) in {"sharded": (13, 4), "sharded_one_batch": (3, 4)}.items():  # 3 images: rank 1 has none
         feats = sharded(n, batch)
         out[name] = (feats.feats, feats.pids, feats.camids, feats.indices)
+    feats = sharded(13, 4, bn_shift=float(rank))  # rank 1's BN statistics differ: rank 0's must be used
+    out["sharded_rank_bn"] = (feats.feats, feats.pids, feats.camids, feats.indices)
+    feats = sharded(3, 4, default_dtype=torch.float64)  # rank 1's empty placeholder must match float32 features
+    out["sharded_one_batch_f64_default"] = (feats.feats, feats.pids, feats.camids, feats.indices)
     out["reduced"] = (D.all_reduce_mean(torch.tensor([1.0 + rank, -2.0 * rank])),
                       D.average_scalars({"a": float(rank), "b": 3.0}))
     centers = nn.Linear(3, 2)
@@ -244,7 +258,8 @@ class TwoProcesses(unittest.TestCase):
             np.testing.assert_array_equal(indices, np.arange(13))
 
     def test_sharded_extraction_equals_one_process(self):
-        for name, n in (("sharded", 13), ("sharded_one_batch", 3)):
+        for name, n in (("sharded", 13), ("sharded_one_batch", 3), ("sharded_rank_bn", 13),
+                        ("sharded_one_batch_f64_default", 3)):
             data = make_test_images(n)  # the reference: extract_features over one loader of the whole list
             ref = extract_features(extract_model(), list_loader([data[i][:3] for i in range(n)]), "cpu", flip=True,
                                    normalize=True, progress=False)
