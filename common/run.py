@@ -349,7 +349,8 @@ def setup_run(args, method: str, extra_info: Optional[Dict[str, Any]] = None, mo
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1 and not distributed:
         script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0] else f"{method}/main.py"
-        raise ReidError(f"{method} runs as one process: it has no torchrun / DDP support yet (WORLD_SIZE={world})",
+        raise ReidError(f"{script} ({method}) runs as one process: it has no torchrun / DDP support "
+                        f"(WORLD_SIZE={world})",
                         fix=f"run it without torchrun (python {script} ...); torchrun works for the training "
                             "entry points (<method>/main.py of every method, and qaconv/main_gs.py)")
     ctx = init_distributed(getattr(args, "device", "auto"))

@@ -110,8 +110,10 @@ class TestRunUnderTorchrun(unittest.TestCase):
     def test_method_without_ddp_refuses_torchrun(self):
         p = torchrun("refused", self.exp, self.out)
         self.assertNotEqual(p.returncode, 0)
-        self.assertIn("error: m runs as one process: it has no torchrun / DDP support yet (WORLD_SIZE=2)", p.stderr)
-        self.assertIn("run it without torchrun", p.stderr)
+        script = os.path.relpath(os.path.abspath(__file__), ROOT)  # the script torchrun ran (from cwd ROOT)
+        self.assertIn(f"error: {script} (m) runs as one process: it has no torchrun / DDP support (WORLD_SIZE=2)",
+                      p.stderr)
+        self.assertIn(f"run it without torchrun (python {script} ...)", p.stderr)
         self.assertNotIn(os.path.join(ROOT, "common"), p.stderr, "no traceback from our code")
         self.assertFalse(os.path.exists(self.run_dir), "refused before the run folder exists")
         self.assertEqual(os.listdir(self.out), [])
